@@ -1,0 +1,3 @@
+from refground.cli import main
+
+main()

@@ -1,0 +1,259 @@
+"""REFER-format datasets: RefCOCO, RefCOCO+, RefCOCOg, and SynthRef, through one loader.
+
+Layout (as distributed with the REFER toolkit)::
+
+    <root>/<dataset>/refs(<split_by>).p     pickle: list of refs
+    <root>/<dataset>/instances.json         COCO images / annotations / categories
+    <images_dir>/<file name from instances.json>
+
+A ref's own ``file_name`` carries an annotation-id suffix (``COCO_train2014_000000581857_16.jpg``)
+and is not a real file: the image's file name comes from ``instances.json``. Each ref has one or
+more sentences; the papers' protocol evaluates every (ref, sentence) pair, so each becomes one
+:class:`~refground.types.Sample`. COCO boxes are xywh; they become xyxy here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refground import boxes as B
+from refground.data.safe_pickle import load_plain_pickle
+from refground.errors import BoxError, DatasetError
+from refground.types import Annotation, BoxTuple, Sample, SceneGraph
+
+# The splits each published partition defines (for documentation and early, clear errors).
+KNOWN_SPLITS: dict[str, tuple[str, ...]] = {
+    "umd": ("train", "val", "test"),
+    "unc": ("train", "val", "testA", "testB"),
+    "google": ("train", "val"),
+    "synth": ("train", "val", "test", "testC", "testR"),
+}
+
+
+@dataclass(frozen=True)
+class ReferSplit:
+    """The samples of one split, with what was skipped and why (when ``skip_invalid``)."""
+
+    dataset: str
+    split_by: str
+    split: str
+    samples: tuple[Sample, ...]
+    skipped: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+
+@dataclass(frozen=True)
+class _Image:
+    file_name: str
+    width: int
+    height: int
+
+
+class _Invalid(Exception):
+    """A record is malformed; carries the message naming the file and record."""
+
+
+def refs_path(root: Path, dataset: str, split_by: str) -> Path:
+    return Path(root) / dataset / f"refs({split_by}).p"
+
+
+def load_refer_split(
+    root: str | Path,
+    dataset: str,
+    split_by: str,
+    split: str,
+    images_dir: str | Path | None = None,
+    skip_invalid: bool = False,
+) -> ReferSplit:
+    """Load one split of a REFER-format dataset as samples.
+
+    ``images_dir`` defaults to ``<root>/images``. With ``skip_invalid`` malformed refs, unknown
+    annotations and missing images are skipped and listed in ``ReferSplit.skipped``; without it
+    the first one raises :class:`DatasetError` naming the file and the record.
+    """
+    root = Path(root)
+    dataset_dir = root / dataset
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"dataset directory not found: {dataset_dir} (check --data/--dataset)")
+    pickle_path = refs_path(root, dataset, split_by)
+    if not pickle_path.is_file():
+        available = sorted(p.name for p in dataset_dir.glob("refs(*).p"))
+        raise DatasetError(
+            f"{pickle_path} not found; split-by options here: {', '.join(available) or 'none'}")
+    images_root = Path(images_dir) if images_dir is not None else root / "images"
+    if not images_root.is_dir():
+        raise DatasetError(f"image directory not found: {images_root} (set --images)")
+
+    instances_path = dataset_dir / "instances.json"
+    images, annotations, categories, skipped = _load_instances(instances_path, skip_invalid)
+    refs = load_plain_pickle(pickle_path)
+    if not isinstance(refs, list):
+        raise DatasetError(f"{pickle_path}: expected a list of refs, got {type(refs).__name__}")
+
+    present_splits = sorted({str(r.get("split")) for r in refs if isinstance(r, Mapping)})
+    if split not in present_splits:
+        raise DatasetError(
+            f"split {split!r} not in {pickle_path}; it has: {', '.join(present_splits)}")
+
+    by_image = _annotations_by_image(annotations, categories)
+    checked_images: dict[int, bool] = {}
+    samples: list[Sample] = []
+    for index, ref in enumerate(refs):
+        if not isinstance(ref, Mapping) or ref.get("split") != split:
+            continue
+        try:
+            samples.extend(_samples_of_ref(
+                ref, index, pickle_path, images, annotations, by_image, images_root,
+                checked_images))
+        except _Invalid as problem:
+            if not skip_invalid:
+                raise DatasetError(str(problem)) from None
+            skipped.append(str(problem))
+    return ReferSplit(dataset, split_by, split, tuple(samples), tuple(skipped))
+
+
+def _samples_of_ref(
+    ref: Mapping[str, Any],
+    index: int,
+    pickle_path: Path,
+    images: dict[int, _Image],
+    annotations: dict[int, dict[str, Any]],
+    by_image: dict[int, tuple[Annotation, ...]],
+    images_root: Path,
+    checked_images: dict[int, bool],
+) -> list[Sample]:
+    where = f"{pickle_path}, ref #{index} (ref_id={ref.get('ref_id')!r})"
+    for key in ("ref_id", "ann_id", "image_id", "sentences"):
+        if key not in ref:
+            raise _Invalid(f"{where}: missing key {key!r}")
+    ann = annotations.get(ref["ann_id"])
+    if ann is None:
+        raise _Invalid(f"{where}: ann_id {ref['ann_id']!r} is not in instances.json")
+    image_id = ref["image_id"]
+    if ann["image_id"] != image_id:
+        raise _Invalid(
+            f"{where}: ann_id {ref['ann_id']} belongs to image {ann['image_id']}, not {image_id}")
+    image = images.get(image_id)
+    if image is None:
+        raise _Invalid(f"{where}: image_id {image_id!r} is not in instances.json")
+    image_path = images_root / image.file_name
+    if image_id not in checked_images:
+        checked_images[image_id] = image_path.is_file()
+    if not checked_images[image_id]:
+        raise _Invalid(f"{where}: image file missing: {image_path}")
+
+    sentences = ref["sentences"]
+    if not isinstance(sentences, list) or not sentences:
+        raise _Invalid(f"{where}: 'sentences' must be a non-empty list")
+    samples = []
+    for sentence in sentences:
+        if not isinstance(sentence, Mapping) or "sent" not in sentence:
+            raise _Invalid(f"{where}: a sentence lacks its 'sent' text: {sentence!r}")
+        text = str(sentence["sent"]).strip()
+        if not text:
+            raise _Invalid(f"{where}: sentence {sentence.get('sent_id')!r} is empty")
+        graph = sentence.get("graph")
+        sent_id = sentence.get("sent_id")
+        samples.append(Sample(
+            sample_id=f"{ref['ref_id']}:{sent_id}",
+            image_path=image_path,
+            width=image.width,
+            height=image.height,
+            expression=text,
+            gt_box=ann["box"],
+            image_id=image_id,
+            ann_id=ref["ann_id"],
+            ref_id=ref["ref_id"],
+            sent_id=sent_id,
+            category_id=ann["category_id"],
+            annotations=by_image.get(image_id, ()),
+            expression_type=sentence.get("type"),
+            graph=SceneGraph.from_dict(graph) if isinstance(graph, Mapping) else None,
+        ))
+    return samples
+
+
+def _load_instances(
+    path: Path, skip_invalid: bool
+) -> tuple[dict[int, _Image], dict[int, dict[str, Any]], dict[int, str], list[str]]:
+    """Parse instances.json into images, annotations (with xyxy boxes) and category names."""
+    if not path.is_file():
+        raise DatasetError(f"annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{path}: missing list {key!r}")
+
+    skipped: list[str] = []
+
+    def parse_all(key: str, parse: Any) -> dict[int, Any]:
+        parsed: dict[int, Any] = {}
+        for index, record in enumerate(data[key]):
+            try:
+                record_id, value = parse(record)
+            except (KeyError, TypeError, ValueError, BoxError) as exc:
+                problem = f"{path}: {key}[{index}] is malformed ({type(exc).__name__}: {exc})"
+                if not skip_invalid:
+                    raise DatasetError(problem) from None
+                skipped.append(problem)
+                continue
+            parsed[record_id] = value
+        return parsed
+
+    images = parse_all("images", _parse_image)
+    categories = parse_all("categories", lambda c: (int(c["id"]), str(c["name"])))
+    annotations = parse_all("annotations", _parse_annotation)
+    return images, annotations, categories, skipped
+
+
+def _parse_image(record: Mapping[str, Any]) -> tuple[int, _Image]:
+    width, height = int(record["width"]), int(record["height"])
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    return int(record["id"]), _Image(str(record["file_name"]), width, height)
+
+
+def _parse_annotation(record: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    bbox = record["bbox"]
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
+    xywh = torch.tensor([float(v) for v in bbox])
+    if (xywh[2:] < 0).any():
+        raise BoxError(f"bbox has negative width or height: {bbox!r}")
+    box: BoxTuple = B.to_tuple(B.as_tensor(B.xywh_to_xyxy(xywh)))
+    return int(record["id"]), {
+        "image_id": int(record["image_id"]),
+        "category_id": int(record["category_id"]),
+        "box": box,
+    }
+
+
+def _annotations_by_image(
+    annotations: dict[int, dict[str, Any]], categories: dict[int, str]
+) -> dict[int, tuple[Annotation, ...]]:
+    grouped: dict[int, list[Annotation]] = {}
+    for ann_id, ann in annotations.items():
+        grouped.setdefault(ann["image_id"], []).append(Annotation(
+            ann_id=ann_id,
+            box=ann["box"],
+            category_id=ann["category_id"],
+            category=categories.get(ann["category_id"], str(ann["category_id"])),
+        ))
+    return {image_id: tuple(anns) for image_id, anns in grouped.items()}

@@ -1,0 +1,39 @@
+"""One exception family, so callers can catch everything refground raises on bad input.
+
+Every message says what was wrong *and* what to change; the CLI prints it without a traceback.
+"""
+
+
+class RefgroundError(Exception):
+    """Base class of every error refground raises deliberately."""
+
+
+class BoxError(RefgroundError, ValueError):
+    """A box is malformed (wrong shape, NaN, x1 < x0, ...)."""
+
+
+class DatasetError(RefgroundError):
+    """An annotation file or dataset layout cannot be used."""
+
+
+class UnsafePickleError(DatasetError):
+    """A pickle asked to import or call something; it was refused before running any of it."""
+
+
+class ImageError(RefgroundError):
+    """An image is missing, unreadable, truncated or too large."""
+
+
+class ConfigError(RefgroundError, ValueError):
+    """A config value or method option is invalid."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A registry lookup (method, proposer, ...) used a name nobody registered."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(RefgroundError, ImportError):
+    """An optional extra is needed for this feature but is not installed."""

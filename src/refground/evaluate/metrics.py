@@ -1,0 +1,51 @@
+"""Grounding metrics: Acc@k (share of samples with IoU >= k), mean IoU, and breakdowns.
+
+Acc@0.5 is the headline number of REC papers. Breakdowns answer "where does it fail": by
+expression type (SynthRef records it), by referent category, and by how many other objects of
+the referent's category are in the image (the classic difficulty axis of RefCOCO testA/testB).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from refground.evaluate.records import EvalRecord
+
+THRESHOLDS = (0.5, 0.75, 0.9)
+
+
+def summarize(ious: Sequence[float], thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
+    """Count, Acc@t for each threshold and mean IoU of a list of per-sample IoUs."""
+    n = len(ious)
+    summary: dict[str, Any] = {"n": n}
+    for threshold in thresholds:
+        hits = sum(1 for value in ious if value >= threshold)
+        summary[f"acc@{threshold}"] = hits / n if n else 0.0
+    summary["miou"] = sum(ious) / n if n else 0.0
+    return summary
+
+
+def _breakdown(records: Sequence[EvalRecord], key: Callable[[EvalRecord], str | None]
+               ) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        group = key(record)
+        if group is not None:
+            groups[group].append(record.iou)
+    return {name: summarize(groups[name]) for name in sorted(groups)}
+
+
+def distractor_bucket(count: int) -> str:
+    return str(count) if count < 3 else "3+"
+
+
+def compute_metrics(records: Sequence[EvalRecord]) -> dict[str, Any]:
+    """The content of ``metrics.json``: overall numbers and the three breakdowns."""
+    metrics = summarize([r.iou for r in records])
+    metrics["fallbacks"] = sum(1 for r in records if r.fallback)
+    metrics["by_type"] = _breakdown(records, lambda r: r.expression_type)
+    metrics["by_category"] = _breakdown(records, lambda r: r.category)
+    metrics["by_distractors"] = _breakdown(records, lambda r: distractor_bucket(r.distractors))
+    return metrics

@@ -1,0 +1,142 @@
+"""The values that flow through refground: dataset -> Sample -> Method -> Prediction -> metrics.
+
+All are frozen dataclasses. Boxes inside them are plain ``(x0, y0, x1, y1)`` tuples in absolute
+pixels, so values are hashable, picklable and JSON-friendly; code that computes on many boxes
+turns them into tensors with :func:`refground.boxes.as_tensor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BoxTuple = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One noun phrase of an expression: "the large blue square" -> head "square"."""
+
+    span: str
+    head: str
+    attributes: tuple[str, ...] = ()
+    spatial: tuple[str, ...] = ()  # "leftmost", "second from the left", "in the top right"
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``entities[subject] --predicate--> entities[object]``, e.g. (0, "left of", 1)."""
+
+    subject: int
+    predicate: str
+    object: int
+
+
+@dataclass(frozen=True)
+class SceneGraph:
+    """The structure of an expression. By convention entity 0 is the referent."""
+
+    entities: tuple[Entity, ...] = ()
+    relations: tuple[Relation, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entities": [
+                {"span": e.span, "head": e.head, "attributes": list(e.attributes),
+                 "spatial": list(e.spatial)}
+                for e in self.entities
+            ],
+            "relations": [
+                {"subject": r.subject, "predicate": r.predicate, "object": r.object}
+                for r in self.relations
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SceneGraph:
+        entities = tuple(
+            Entity(
+                span=str(e["span"]),
+                head=str(e["head"]),
+                attributes=tuple(e.get("attributes", ())),
+                spatial=tuple(e.get("spatial", ())),
+            )
+            for e in data.get("entities", ())
+        )
+        relations = tuple(
+            Relation(int(r["subject"]), str(r["predicate"]), int(r["object"]))
+            for r in data.get("relations", ())
+        )
+        return cls(entities, relations)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One annotated object of an image (used as "ground-truth proposals")."""
+
+    ann_id: int
+    box: BoxTuple
+    category_id: int
+    category: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation unit: an image, one expression, and (when known) the box it names.
+
+    A REFER ref with three sentences gives three samples, as in the papers' protocol.
+    """
+
+    sample_id: str
+    image_path: Path
+    width: int
+    height: int
+    expression: str
+    gt_box: BoxTuple | None = None
+    image_id: int | None = None
+    ann_id: int | None = None
+    ref_id: int | None = None
+    sent_id: int | None = None
+    category_id: int | None = None
+    annotations: tuple[Annotation, ...] = ()
+    expression_type: str | None = None
+    graph: SceneGraph | None = None
+
+    @property
+    def category(self) -> str | None:
+        for ann in self.annotations:
+            if ann.ann_id == self.ann_id:
+                return ann.category
+        return None
+
+    @property
+    def distractors(self) -> int:
+        """Other objects of the referent's category in the image: the usual difficulty axis."""
+        if self.category_id is None:
+            return 0
+        return sum(
+            1 for a in self.annotations
+            if a.category_id == self.category_id and a.ann_id != self.ann_id
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A scored box a method considered; predictions keep them ranked best first."""
+
+    box: BoxTuple
+    score: float
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a method answers for one sample."""
+
+    sample_id: str
+    box: BoxTuple
+    score: float = 0.0
+    candidates: tuple[Candidate, ...] = ()
+    fallback: str | None = None  # e.g. "whole-image" when no proposal survived
+    extras: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -1,0 +1,67 @@
+"""Shared fixtures: a hand-written mini REFER dataset, independent of the SynthRef generator."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+MINI_IMAGES = [
+    {"id": 581857, "file_name": "COCO_train2014_000000581857.jpg", "width": 640, "height": 480},
+    {"id": 42, "file_name": "COCO_train2014_000000000042.jpg", "width": 320, "height": 240},
+]
+MINI_CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
+                   {"id": 18, "name": "dog", "supercategory": "animal"}]
+MINI_ANNOTATIONS = [
+    {"id": 16, "image_id": 581857, "category_id": 1, "bbox": [10.0, 20.0, 100.0, 200.0]},
+    {"id": 17, "image_id": 581857, "category_id": 1, "bbox": [300.0, 40.0, 120.0, 300.0]},
+    {"id": 18, "image_id": 581857, "category_id": 18, "bbox": [500.0, 300.0, 80.0, 60.0]},
+    {"id": 99, "image_id": 42, "category_id": 18, "bbox": [0.0, 0.0, 50.5, 40.0]},
+]
+
+
+def mini_refs() -> list[dict[str, Any]]:
+    def ref(ref_id: int, ann_id: int, image_id: int, split: str, sentences: list[str],
+            first_sent_id: int) -> dict[str, Any]:
+        sent_ids = list(range(first_sent_id, first_sent_id + len(sentences)))
+        return {
+            "ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+            "category_id": 1, "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+            "sent_ids": sent_ids,
+            "sentences": [{"sent_id": s, "sent": text, "raw": text, "tokens": text.split()}
+                          for s, text in zip(sent_ids, sentences, strict=True)],
+        }
+
+    return [
+        ref(1, 16, 581857, "train", ["man on the left", "left guy"], 100),
+        ref(2, 17, 581857, "test", ["the tall man", "man in the middle", "person right"], 200),
+        ref(3, 18, 581857, "test", ["the dog"], 300),
+        ref(4, 99, 42, "val", ["small dog"], 400),
+    ]
+
+
+def write_mini_refer(root: Path, refs: list[dict[str, Any]] | None = None,
+                     instances: dict[str, Any] | None = None) -> Path:
+    """Write ``root/refcocog/{refs(umd).p,instances.json}`` and ``root/images/*.jpg``."""
+    dataset = root / "refcocog"
+    dataset.mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(exist_ok=True)
+    for image in MINI_IMAGES:
+        Image.new("RGB", (image["width"], image["height"]), (90, 120, 30)).save(
+            root / "images" / image["file_name"])
+    if instances is None:
+        instances = {"images": MINI_IMAGES, "annotations": MINI_ANNOTATIONS,
+                     "categories": MINI_CATEGORIES}
+    (dataset / "instances.json").write_text(json.dumps(instances))
+    with open(dataset / "refs(umd).p", "wb") as stream:
+        pickle.dump(mini_refs() if refs is None else refs, stream, protocol=2)
+    return root
+
+
+@pytest.fixture
+def mini_refer(tmp_path: Path) -> Path:
+    return write_mini_refer(tmp_path / "data")
