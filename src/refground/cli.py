@@ -83,7 +83,7 @@ def eval_command(
     from refground.data.refer import load_refer_split
     from refground.evaluate.runner import evaluate
     from refground.evaluate.table import breakdown_table, comparison_table
-    from refground.methods import build_method
+    from refground.methods import DatasetInfo, build_method
 
     if resume and out is None:
         raise ConfigError("--resume needs --out (the run directory to continue)")
@@ -94,6 +94,7 @@ def eval_command(
     samples = split_data.samples[:limit] if limit is not None else split_data.samples
     options = parse_options(option)
     run_method = build_method(method, **options)
+    run_method.prepare(DatasetInfo(data, dataset, split_by, images))
     run_info = {"method": method, "options": options, "dataset": dataset, "split_by": split_by,
                 "split": split, "skipped_invalid": len(split_data.skipped)}
     result = evaluate(run_method, samples, out, batch_size, resume, progress, run_info)

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from refground.registry import Registry
 from refground.types import Prediction, Sample
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Which benchmark a method is about to be evaluated on.
+
+    Methods that use the benchmark's *training* split at test time (visual-prompt draws its
+    debiasing expressions from it) read it through this; nothing else may be taken from it.
+    """
+
+    root: Path
+    dataset: str
+    split_by: str
+    images_dir: Path | None = None
 
 
 class Method(ABC):
@@ -18,6 +34,9 @@ class Method(ABC):
 
     name: str = "method"
 
+    def prepare(self, info: DatasetInfo) -> None:  # noqa: B027 - optional hook, no-op default
+        """Called once before evaluating on ``info``'s dataset; most methods need nothing."""
+
     @abstractmethod
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
         """Predict one box per sample, in the same order."""
@@ -25,7 +44,11 @@ class Method(ABC):
 
 METHODS: Registry[Method] = Registry(
     "method",
-    modules=("refground.methods.heuristics",),
+    modules=(
+        "refground.methods.heuristics",
+        "refground.methods.crop_rank",
+        "refground.methods.visual_prompt",
+    ),
 )
 
 

@@ -1,0 +1,53 @@
+"""``crop-rank``: the zero-shot baseline. Crop every proposal, score the crop against the
+expression with CLIP, answer the best crop.
+
+Cropping throws away everything outside the box, so this sees attributes ("the red circle")
+well and spatial context ("left of the car") not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from refground.errors import ConfigError
+from refground.methods.base import METHODS
+from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem
+from refground.vision.clip import ClipEncoder
+
+
+def crop_pixels(item: ScoringItem) -> list[Tensor]:
+    """The proposals' crops of the item's image, at least one pixel each side."""
+    _, height, width = item.pixels.shape
+    crops = []
+    for x0, y0, x1, y1 in item.proposals.boxes.round().int().tolist():
+        x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+        crops.append(item.pixels[:, y0:y1, x0:x1])
+    return crops
+
+
+@METHODS.register("crop-rank")
+class CropRank(ProposalScoringMethod):
+    name = "crop-rank"
+
+    def __init__(self, template: str = "{}", **options: object) -> None:
+        if "{}" not in template:
+            raise ConfigError(f"template must contain '{{}}' for the expression, got {template!r}")
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.template = template
+
+    def score(self, items: Sequence[ScoringItem]) -> list[Tensor]:
+        return self.ensemble([self._score_with(encoder, items) for encoder in self.encoders])
+
+    def _score_with(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> list[Tensor]:
+        crops = [crop for item in items for crop in crop_pixels(item)]
+        crop_features = encoder.encode_images(crops).cpu()
+        texts = encoder.encode_texts([self.template.format(i.sample.expression) for i in items])
+        scores, start = [], 0
+        for item, text in zip(items, texts.cpu(), strict=True):
+            count = len(item.proposals)
+            scores.append(crop_features[start:start + count] @ text)
+            start += count
+        return scores

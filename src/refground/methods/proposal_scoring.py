@@ -1,0 +1,88 @@
+"""The shape every zero-shot CLIP method shares: propose boxes, score each, rank.
+
+Subclasses only say how a batch's proposals are scored (crops, marked views, ...); loading
+images, calling the proposer, ranking, and the whole-image fallback live here once.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from refground import boxes as B
+from refground.errors import ConfigError
+from refground.images import load_image
+from refground.methods.base import Method
+from refground.types import Prediction, Sample
+from refground.vision.clip import ClipEncoder
+from refground.vision.preprocess import pil_to_tensor
+from refground.vision.proposals import Proposals, build_proposer
+from refground.vision.shipped import SHIPPED_CLIP, load_clip
+
+
+@dataclass(frozen=True)
+class ScoringItem:
+    """One sample ready for scoring: its image (PIL and ``(3, H, W)`` float) and proposals."""
+
+    sample: Sample
+    image: Image.Image
+    pixels: Tensor
+    proposals: Proposals
+
+
+def as_name_list(value: str | Sequence[str]) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"clip must be a model name or a list of names, got {value!r}")
+    return names
+
+
+class ProposalScoringMethod(Method):
+    """Base of ``crop-rank`` and ``visual-prompt``; see the module docstring."""
+
+    def __init__(self, clip: str | Sequence[str] = SHIPPED_CLIP, proposals: str = "gt",
+                 proposal_options: dict[str, Any] | None = None, device: str = "cpu",
+                 clip_batch_size: int = 64, text_cache_dir: str | None = None) -> None:
+        self.clip_names = as_name_list(clip)
+        self.encoders: list[ClipEncoder] = [
+            load_clip(name, device, clip_batch_size, text_cache_dir) for name in self.clip_names]
+        self.proposer = build_proposer(proposals, **dict(proposal_options or {}))
+
+    @abstractmethod
+    def score(self, items: Sequence[ScoringItem]) -> list[Tensor]:
+        """One score per proposal for each item (higher is better)."""
+
+    def prepare_items(self, samples: Sequence[Sample]) -> list[ScoringItem]:
+        images = [load_image(sample.image_path) for sample in samples]
+        proposals = self.proposer.propose(images, samples)
+        return [
+            ScoringItem(sample, image, pil_to_tensor(image).float() / 255, props)
+            for sample, image, props in zip(samples, images, proposals, strict=True)
+        ]
+
+    def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
+        items = self.prepare_items(samples)
+        scores = self.score(items)
+        return [rank(item, item_scores) for item, item_scores in zip(items, scores, strict=True)]
+
+    def ensemble(self, per_encoder: Sequence[list[Tensor]]) -> list[Tensor]:
+        """Average each sample's scores over backbones (the notebook's ensemble)."""
+        return [torch.stack(scores).mean(0) for scores in zip(*per_encoder, strict=True)]
+
+
+def rank(item: ScoringItem, scores: Tensor) -> Prediction:
+    """The prediction: proposals ranked by score, best first, best box as the answer."""
+    proposals = item.proposals
+    order = scores.argsort(descending=True, stable=True).tolist()
+    ranked = Proposals(proposals.boxes[order], scores[order].float(),
+                       tuple(proposals.labels[i] for i in order), proposals.fallback)
+    candidates = ranked.candidates()
+    best = candidates[0]
+    return Prediction(item.sample.sample_id, B.to_tuple(best.box), best.score, candidates,
+                      fallback=proposals.fallback)

@@ -1,0 +1,186 @@
+"""``visual-prompt``: the CLIP notebook's final method.
+
+For each proposal CLIP sees the whole image with the box marked (red ellipse), the rest blurred
+(one view) and blurred + grayscale (another), against the text "This is <expression>". Raw
+CLIP similarities favour some views regardless of the text (big, central, salient boxes), so
+each view's similarity is *debiased*: from the expression's row we subtract the view's mean
+similarity over the rows [expression; N random training expressions] — a view that matches any
+text well gets no credit for it. Views are then aggregated per proposal (the report says mean,
+its code takes the max: an option, default max), optionally plus a category prior, and the best
+proposal wins.
+
+Speed: views are rendered on tensors directly in CLIP's frame (:mod:`refground.vision.prompts`),
+all views of a batch go through CLIP together, and the debias term needs only the *mean* of the
+debias text features, computed once: mean_r(t_r . v) = (mean_r t_r) . v.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from refground.data.refer import load_refer_split
+from refground.errors import ConfigError, DatasetError
+from refground.methods.base import METHODS, DatasetInfo
+from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem
+from refground.vision.clip import ClipEncoder
+from refground.vision.preprocess import ClipPreprocessConfig
+from refground.vision.prompts import PromptStyle, render_views
+from refground.vision.shipped import bundled_debias_expressions
+
+AGGREGATIONS = ("max", "mean")
+
+
+def normalize_pixels(views: Tensor, config: ClipPreprocessConfig) -> Tensor:
+    """[0, 1] views -> CLIP's normalised input."""
+    mean = views.new_tensor(config.image_mean).view(3, 1, 1)
+    std = views.new_tensor(config.image_std).view(3, 1, 1)
+    return (views - mean) / std
+
+
+def debiased_similarity(text: Tensor, debias_mean: Tensor | None, debias_count: int,
+                        views: Tensor) -> Tensor:
+    """``t . v`` minus the mean over rows [t; debias texts] of ``row . v``, per view."""
+    raw = views @ text
+    if debias_mean is None or debias_count == 0:
+        return raw
+    column_mean = views @ ((text + debias_count * debias_mean) / (debias_count + 1))
+    return raw - column_mean
+
+
+def sample_debias_expressions(expressions: Sequence[str], count: int, seed: int) -> list[str]:
+    unique = sorted(set(expressions))
+    if len(unique) <= count:
+        return unique
+    return random.Random(seed).sample(unique, count)
+
+
+@METHODS.register("visual-prompt")
+class VisualPrompt(ProposalScoringMethod):
+    name = "visual-prompt"
+
+    def __init__(
+        self,
+        prefix: str = "This is ",
+        marker: str = "ellipse",
+        color: Sequence[int] = (255, 0, 0),
+        stroke: float = 3.0,
+        blur_radius: float = 20.0,
+        backgrounds: Sequence[str] = ("blur", "blur-gray"),
+        sharp_window: bool = True,
+        aggregate: str = "max",
+        debias: int = 5000,
+        debias_file: str | None = None,
+        debias_seed: int = 0,
+        category_prior: float = 0.0,
+        category_template: str = "A picture of a {}",
+        **options: object,
+    ) -> None:
+        if aggregate not in AGGREGATIONS:
+            raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        if debias < 0:
+            raise ConfigError(f"debias (number of expressions) must be >= 0, got {debias}")
+        super().__init__(**options)  # type: ignore[arg-type]
+        red, green, blue = (int(c) for c in color)
+        self.style = PromptStyle(marker=marker, color=(red, green, blue), stroke=float(stroke),
+                                 blur_radius=float(blur_radius),
+                                 backgrounds=tuple(backgrounds), sharp_window=sharp_window)
+        self.prefix = prefix
+        self.aggregate = aggregate
+        self.debias = debias
+        self.debias_seed = debias_seed
+        self.category_prior = category_prior
+        self.category_template = category_template
+        self.debias_texts: list[str] | None = None
+        if debias and debias_file is not None:
+            with open(debias_file, encoding="utf-8") as stream:
+                lines = [line.strip() for line in stream if line.strip()]
+            self.set_debias_expressions(lines)
+
+    # --- debiasing expressions ----------------------------------------------------------------
+
+    def set_debias_expressions(self, expressions: Sequence[str]) -> None:
+        """Use (a seeded sample of at most ``debias`` of) these expressions for debiasing."""
+        self.debias_texts = sample_debias_expressions(expressions, self.debias, self.debias_seed)
+        self._debias_means: dict[int, Tensor] = {}
+
+    def prepare(self, info: DatasetInfo) -> None:
+        """Draw debias expressions from the benchmark's train split (never the eval split)."""
+        if not self.debias or self.debias_texts is not None:
+            return
+        try:
+            train = load_refer_split(info.root, info.dataset, info.split_by, "train",
+                                     info.images_dir, skip_invalid=True)
+        except DatasetError as exc:
+            warnings.warn(f"visual-prompt: no train split to debias with ({exc}); "
+                          "falling back to the CLIP checkpoint's bundled expressions",
+                          stacklevel=2)
+            return
+        self.set_debias_expressions([s.expression for s in train])
+
+    def _debias_mean(self, encoder: ClipEncoder) -> Tensor | None:
+        if not self.debias:
+            return None
+        if self.debias_texts is None:
+            bundled = bundled_debias_expressions(encoder.name)
+            if bundled is None:
+                raise ConfigError(
+                    "visual-prompt needs debiasing expressions: evaluate on a dataset with a "
+                    "train split, pass -o debias_file=PATH (one expression per line), or "
+                    "-o debias=0 to switch debiasing off")
+            self.set_debias_expressions(bundled)
+        key = id(encoder)
+        if key not in self._debias_means:
+            assert self.debias_texts is not None
+            texts = [self.prefix + text for text in self.debias_texts]
+            self._debias_means[key] = encoder.encode_texts(texts).mean(0).cpu()
+        return self._debias_means[key]
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def score(self, items: Sequence[ScoringItem]) -> list[Tensor]:
+        scores = self.ensemble([self._score_with(encoder, items) for encoder in self.encoders])
+        if self.category_prior:
+            priors = self.ensemble([self._category_prior(encoder, items)
+                                    for encoder in self.encoders])
+            scores = [s + self.category_prior * p for s, p in zip(scores, priors, strict=True)]
+        return scores
+
+    def render(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> Tensor:
+        """All views of all items, normalised: ``(sum_i P_i * V, 3, S, S)``."""
+        config = encoder.preprocess_config
+        views = [render_views(item.pixels, item.proposals.boxes, self.style, config)
+                 for item in items]
+        flat = torch.cat([v.flatten(0, 1) for v in views])
+        return normalize_pixels(flat, config)
+
+    def _score_with(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> list[Tensor]:
+        view_features = encoder.encode_image_tensors(self.render(encoder, items)).cpu()
+        texts = encoder.encode_texts([self.prefix + i.sample.expression for i in items]).cpu()
+        debias_mean = self._debias_mean(encoder)
+        count = len(self.debias_texts or ())
+        per_view = len(self.style.backgrounds)
+        scores, start = [], 0
+        for item, text in zip(items, texts, strict=True):
+            size = len(item.proposals) * per_view
+            similarity = debiased_similarity(text, debias_mean, count,
+                                             view_features[start:start + size])
+            start += size
+            grouped = similarity.view(len(item.proposals), per_view)
+            scores.append(grouped.amax(1) if self.aggregate == "max" else grouped.mean(1))
+        return scores
+
+    def _category_prior(self, encoder: ClipEncoder, items: Sequence[ScoringItem]
+                        ) -> list[Tensor]:
+        """Similarity of the expression to "A picture of a {label}" for each proposal."""
+        expressions = encoder.encode_texts([i.sample.expression for i in items]).cpu()
+        priors = []
+        for item, expression in zip(items, expressions, strict=True):
+            labels = encoder.encode_texts(
+                [self.category_template.format(label) for label in item.proposals.labels]).cpu()
+            priors.append(labels @ expression)
+        return priors

@@ -1,0 +1,46 @@
+"""Models that ship inside the package, so the zero-shot methods run on a fresh offline machine.
+
+``synthref-clip`` is a small CLIP trained contrastively on SynthRef's train split
+(``refground pretrain-clip``). It knows SynthRef's shapes, colours and marked-view prompts and
+nothing else: use a real CLIP (``-o clip=openai/clip-vit-base-patch32`` or a local copy) on real
+images.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from refground.vision.clip import ClipEncoder
+
+SHIPPED_CLIP = "synthref-clip"
+DEBIAS_FILE = "debias_expressions.txt"
+
+
+def shipped_path(name: str) -> Path | None:
+    """The directory of a shipped model, or ``None`` if ``name`` is not one."""
+    path = Path(str(resources.files("refground") / "assets" / name))
+    return path if path.is_dir() else None
+
+
+def resolve_clip_name(name: str) -> str:
+    """Map a shipped model's short name to its directory; other names pass through."""
+    path = shipped_path(name)
+    return str(path) if path is not None else name
+
+
+@lru_cache(maxsize=4)
+def load_clip(name: str, device: str = "cpu", batch_size: int = 64,
+              cache_dir: str | None = None) -> ClipEncoder:
+    """Load (once per process) a CLIP encoder by shipped name, hub id or local directory."""
+    return ClipEncoder.from_pretrained(resolve_clip_name(name), device=device,
+                                       batch_size=batch_size, cache_dir=cache_dir)
+
+
+def bundled_debias_expressions(name: str) -> list[str] | None:
+    """Debiasing expressions saved next to a CLIP checkpoint (one per line), if any."""
+    path = Path(resolve_clip_name(name)) / DEBIAS_FILE
+    if not path.is_file():
+        return None
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
