@@ -11,8 +11,13 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from torch import Tensor
 
+from refground.images import load_image
+from refground.types import Sample
+from refground.vision.clip import ClipEncoder
 from refground.vision.prompts import PromptStyle
+from refground.vision.proposals import Proposer
 
 
 def render_view_pil(image: Image.Image, box: Sequence[float], style: PromptStyle,
@@ -34,3 +39,36 @@ def render_view_pil(image: Image.Image, box: Sequence[float], style: PromptStyle
     elif style.marker == "rectangle":
         draw.rectangle((x0, y0, x1, y1), outline=style.color, width=width)
     return view
+
+
+def reference_scores(encoder: ClipEncoder, samples: Sequence[Sample], proposer: Proposer,
+                     style: PromptStyle, prefix: str = "This is ",
+                     debias_texts: Sequence[str] = (), aggregate: str = "max") -> list[Tensor]:
+    """Per-proposal visual-prompt scores, computed the slow, obvious way.
+
+    For every sample, every proposal and every background: render with PIL, preprocess with the
+    model's Hugging Face image processor, encode that single view, compute the debiased
+    similarity against the full [expression; debias expressions] matrix.
+    """
+    debias = (encoder.encode_texts([prefix + text for text in debias_texts])
+              if debias_texts else None)
+    results = []
+    for sample in samples:
+        image = load_image(sample.image_path)
+        proposals = proposer.propose([image], [sample])[0]
+        text = encoder.encode_texts([prefix + sample.expression])
+        rows = text if debias is None else torch.cat((text, debias))
+        scores = []
+        for box in proposals.boxes.tolist():
+            view_scores = []
+            for background in style.backgrounds:
+                view = render_view_pil(image, box, style, background)
+                feature = encoder.encode_image_tensors(encoder.preprocess_pil([view]))[0]
+                similarities = rows @ feature
+                debiased = similarities[0] - similarities.mean() if debias is not None else (
+                    similarities[0])
+                view_scores.append(float(debiased))
+            scores.append(max(view_scores) if aggregate == "max" else
+                          sum(view_scores) / len(view_scores))
+        results.append(torch.tensor(scores))
+    return results

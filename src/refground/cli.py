@@ -108,6 +108,24 @@ def eval_command(
         console.print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
 
 
+@app.command("pretrain-clip")
+def pretrain_clip_command(
+    data: Annotated[Path, typer.Option(help="SynthRef root (from `refground synth`).")],
+    out: Annotated[Path, typer.Option(help="Directory to save the trained CLIP in.")],
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1500,
+    images_per_step: Annotated[int, typer.Option(help="Train images per step.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
+) -> None:
+    """Train a small CLIP on SynthRef's train split (crops and marked views)."""
+    from refground.train.pretrain_clip import PretrainConfig, pretrain_clip
+
+    config = PretrainConfig(steps=steps, images_per_step=images_per_step, seed=seed,
+                            eval_every=eval_every)
+    summary = pretrain_clip(data, out, config, log=console.print)
+    console.print(f"saved to {out} after {summary['seconds']} s")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes data and results.")] = Path(

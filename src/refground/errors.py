@@ -35,5 +35,9 @@ class UnknownNameError(ConfigError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ModelLoadError(RefgroundError):
+    """A model could not be loaded, or would load into something that cannot work."""
+
+
 class MissingDependencyError(RefgroundError, ImportError):
     """An optional extra is needed for this feature but is not installed."""

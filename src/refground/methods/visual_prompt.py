@@ -28,18 +28,10 @@ from refground.errors import ConfigError, DatasetError
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem
 from refground.vision.clip import ClipEncoder
-from refground.vision.preprocess import ClipPreprocessConfig
 from refground.vision.prompts import PromptStyle, render_views
 from refground.vision.shipped import bundled_debias_expressions
 
 AGGREGATIONS = ("max", "mean")
-
-
-def normalize_pixels(views: Tensor, config: ClipPreprocessConfig) -> Tensor:
-    """[0, 1] views -> CLIP's normalised input."""
-    mean = views.new_tensor(config.image_mean).view(3, 1, 1)
-    std = views.new_tensor(config.image_std).view(3, 1, 1)
-    return (views - mean) / std
 
 
 def debiased_similarity(text: Tensor, debias_mean: Tensor | None, debias_count: int,
@@ -153,10 +145,10 @@ class VisualPrompt(ProposalScoringMethod):
     def render(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> Tensor:
         """All views of all items, normalised: ``(sum_i P_i * V, 3, S, S)``."""
         config = encoder.preprocess_config
-        views = [render_views(item.pixels, item.proposals.boxes, self.style, config)
-                 for item in items]
-        flat = torch.cat([v.flatten(0, 1) for v in views])
-        return normalize_pixels(flat, config)
+        return torch.cat([
+            render_views(item.pixels, item.proposals.boxes, self.style, config, normalize=True
+                         ).flatten(0, 1)
+            for item in items])
 
     def _score_with(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> list[Tensor]:
         view_features = encoder.encode_image_tensors(self.render(encoder, items)).cpu()

@@ -20,7 +20,6 @@ the method's decisions do not change.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,22 +96,44 @@ class Frame:
         return resized[..., self.top:self.top + self.height, self.left:self.left + self.width]
 
 
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with edge-replicating borders."""
+def _box_radius(sigma: float, passes: int) -> tuple[int, float]:
+    """PIL's extended-box radius for a Gaussian of ``sigma`` made of ``passes`` box blurs:
+    ``whole`` full-weight pixels each side plus one edge pixel of weight ``edge``."""
+    variance = sigma * sigma / passes
+    length = math.sqrt(12 * variance + 1)
+    whole = math.floor((length - 1) / 2)
+    edge = ((2 * whole + 1) * (whole * (whole + 1) - 3 * variance)
+            / (6 * (variance - (whole + 1) * (whole + 1))))
+    return whole, edge
+
+
+def _box_blur(images: Tensor, whole: int, edge: float, dim: int) -> Tensor:
+    """One extended box blur along ``dim`` with cumulative sums: O(1) per pixel at any radius.
+
+    Output pixel ``i`` averages pixels ``i - whole .. i + whole`` at weight 1 and the pair
+    ``i -+ (whole + 1)`` at weight ``edge``; borders repeat the edge pixels, as PIL does.
+    """
+    reach = whole + 1
+    pad = [0, 0, 0, 0]
+    pad[(3 - dim) * 2:(3 - dim) * 2 + 2] = [reach + 1, reach]  # one extra for the difference
+    padded = F.pad(images, pad, mode="replicate")
+    sums = padded.cumsum(dim)
+    length = images.shape[dim]
+    window = sums.narrow(dim, 2 * reach + 1, length) - sums.narrow(dim, 0, length)
+    outer = padded.narrow(dim, 1, length) + padded.narrow(dim, 2 * reach + 1, length)
+    return (window - (1 - edge) * outer) / (2 * whole + 1 + 2 * edge)
+
+
+def gaussian_blur(images: Tensor, sigma: float, passes: int = 3) -> Tensor:
+    """Gaussian blur of ``(N, C, H, W)`` as PIL computes ``GaussianBlur(radius=sigma)``:
+    ``passes`` extended box blurs per axis, borders extended with the edge pixels."""
     if sigma <= 0:
         return images
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
+    whole, edge = _box_radius(sigma, passes)
     out = images
     for dim in (2, 3):
-        shape = [1, 1, 1, 1]
-        shape[dim] = len(kernel)
-        weight = kernel.reshape(shape).expand(channels, -1, -1, -1)
-        pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
-        out = F.conv2d(F.pad(out, pad, mode="replicate"), weight, groups=channels)
+        for _ in range(passes):
+            out = _box_blur(out, whole, edge, dim)
     return out
 
 
@@ -134,33 +155,34 @@ def rectangle_coverage(boxes: Tensor, height: int, width: int) -> Tensor:
     return cover_y[:, :, None] * cover_x[:, None, :]
 
 
-def _supersampled(inside: Callable[[Tensor, Tensor], Tensor], boxes: Tensor, height: int,
-                  width: int, samples: int = 3) -> Tensor:
-    """Average of ``inside(xs, ys)`` over ``samples**2`` points per pixel: ``(P, H, W)``."""
-    offsets = (torch.arange(samples, dtype=boxes.dtype, device=boxes.device) + 0.5) / samples
+def _ellipse_distance(xs: Tensor, ys: Tensor, cx: Tensor, cy: Tensor, ax: Tensor, ay: Tensor
+                      ) -> Tensor:
+    """Approximate signed distance (pixels, negative inside) to an axis-aligned ellipse.
 
-    def coords(length: int) -> Tensor:
-        pixels = torch.arange(length, dtype=boxes.dtype, device=boxes.device)
-        return (pixels[:, None] + offsets[None, :]).reshape(-1)
-
-    hits = inside(coords(width)[None, None, :], coords(height)[None, :, None]).to(boxes.dtype)
-    return F.avg_pool2d(hits[:, None], samples)[:, 0]
+    First-order: ``(f - 1) / |grad f|`` with ``f`` the normalised radius; exact on the axes
+    and within a fraction of a pixel near the boundary, which is all anti-aliasing needs.
+    """
+    u, v = (xs - cx) / ax, (ys - cy) / ay
+    radius = torch.sqrt(u * u + v * v).clamp(min=1e-6)
+    gradient = torch.sqrt((u / ax) ** 2 + (v / ay) ** 2).clamp(min=1e-6) / radius
+    return (radius - 1) / gradient
 
 
 def ellipse_ring_coverage(boxes: Tensor, stroke: float, height: int, width: int) -> Tensor:
-    """Coverage of the ring inscribed in each box, ``stroke`` frame pixels wide."""
+    """Anti-aliased coverage of the ring inscribed in each box, ``stroke`` frame pixels wide:
+    ``(P, 4) -> (P, H, W)``. One distance evaluation per pixel, no supersampling."""
     cx = ((boxes[:, 0] + boxes[:, 2]) / 2)[:, None, None]
     cy = ((boxes[:, 1] + boxes[:, 3]) / 2)[:, None, None]
-    ax = ((boxes[:, 2] - boxes[:, 0]) / 2).clamp(min=1e-3)[:, None, None]
-    ay = ((boxes[:, 3] - boxes[:, 1]) / 2).clamp(min=1e-3)[:, None, None]
-    inner_x, inner_y = (ax - stroke).clamp(min=1e-3), (ay - stroke).clamp(min=1e-3)
-
-    def inside(xs: Tensor, ys: Tensor) -> Tensor:
-        outer = ((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2 <= 1
-        hole = ((xs - cx) / inner_x) ** 2 + ((ys - cy) / inner_y) ** 2 < 1
-        return outer & ~hole
-
-    return _supersampled(inside, boxes, height, width)
+    ax = ((boxes[:, 2] - boxes[:, 0]) / 2).clamp(min=0.5)[:, None, None]
+    ay = ((boxes[:, 3] - boxes[:, 1]) / 2).clamp(min=0.5)[:, None, None]
+    xs = torch.arange(width, dtype=boxes.dtype, device=boxes.device)[None, None, :] + 0.5
+    ys = torch.arange(height, dtype=boxes.dtype, device=boxes.device)[None, :, None] + 0.5
+    inside_outer = (0.5 - _ellipse_distance(xs, ys, cx, cy, ax, ay)).clamp(0, 1)
+    inner_x, inner_y = ax - stroke, ay - stroke
+    hollow = (inner_x > 0) & (inner_y > 0)  # else the stroke fills the whole ellipse
+    outside_inner = (0.5 + _ellipse_distance(xs, ys, cx, cy, inner_x.clamp(min=1e-3),
+                                             inner_y.clamp(min=1e-3))).clamp(0, 1)
+    return inside_outer * torch.where(hollow, outside_inner, torch.ones_like(outside_inner))
 
 
 def rectangle_ring_coverage(boxes: Tensor, stroke: float, height: int, width: int) -> Tensor:
@@ -171,11 +193,14 @@ def rectangle_ring_coverage(boxes: Tensor, stroke: float, height: int, width: in
 
 
 def render_views(image: Tensor, boxes: Tensor, style: PromptStyle,
-                 config: ClipPreprocessConfig) -> Tensor:
-    """All prompt views of one image, in CLIP's frame, before normalisation.
+                 config: ClipPreprocessConfig, normalize: bool = False) -> Tensor:
+    """All prompt views of one image, in CLIP's frame.
 
     ``image``: ``(3, H, W)`` float in [0, 1]; ``boxes``: ``(P, 4)`` xyxy pixels. Returns
-    ``(P, V, 3, h, w)`` in [0, 1], one view per entry of ``style.backgrounds``.
+    ``(P, V, 3, h, w)``, one view per entry of ``style.backgrounds``: in [0, 1], or with
+    ``normalize`` already normalised with the config's mean and std. Views are convex blends of
+    a few per-image layers (sharp image, backgrounds, marker colour), and normalisation is
+    affine, so the layers are normalised once and blended in normalised space.
     """
     _, height, width = image.shape
     frame = Frame.for_image(width, height, config)
@@ -189,17 +214,22 @@ def render_views(image: Tensor, boxes: Tensor, style: PromptStyle,
         "gray": lambda: grayscale(resized),
         "blur-gray": lambda: grayscale(blurred),
     }
-    views = torch.cat([frame.crop(treatments[b]()) for b in style.backgrounds])  # (V, 3, h, w)
+    backgrounds = torch.cat([frame.crop(treatments[b]()) for b in style.backgrounds])
+    sharp = frame.crop(resized)
+    color = torch.tensor(style.color, dtype=image.dtype, device=image.device).view(3, 1, 1) / 255
+    if normalize:
+        mean = image.new_tensor(config.image_mean).view(3, 1, 1)
+        std = image.new_tensor(config.image_std).view(3, 1, 1)
+        backgrounds, sharp, color = ((x - mean) / std for x in (backgrounds, sharp, color))
+
     frame_boxes = frame.map_boxes(boxes.to(image.dtype))
+    views = backgrounds[None].repeat(len(boxes), 1, 1, 1, 1)  # (P, V, 3, h, w)
     if style.sharp_window:
         window = rectangle_coverage(frame_boxes, frame.height, frame.width)[:, None, None]
-        composed = window * frame.crop(resized) + (1 - window) * views[None]
-    else:
-        composed = views[None].expand(len(boxes), -1, -1, -1, -1)
-    if style.marker == "none":
-        return composed.contiguous()
-    ring_coverage = ellipse_ring_coverage if style.marker == "ellipse" else (
-        rectangle_ring_coverage)
-    ring = ring_coverage(frame_boxes, style.stroke * scale, frame.height, frame.width)
-    color = torch.tensor(style.color, dtype=image.dtype, device=image.device).view(3, 1, 1) / 255
-    return ring[:, None, None] * color + (1 - ring[:, None, None]) * composed
+        views.lerp_(sharp.expand_as(views), window.expand_as(views))
+    if style.marker != "none":
+        ring_coverage = ellipse_ring_coverage if style.marker == "ellipse" else (
+            rectangle_ring_coverage)
+        ring = ring_coverage(frame_boxes, style.stroke * scale, frame.height, frame.width)
+        views.lerp_(color.expand_as(views), ring[:, None, None].expand_as(views))
+    return views
