@@ -31,7 +31,7 @@ def test_missing_corrupt_and_truncated(tmp_path: Path) -> None:
         load_image(tmp_path / "nope.png")
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"this is not an image")
-    with pytest.raises(ImageError, match="cannot read image .*garbage.png"):
+    with pytest.raises(ImageError, match=r"cannot read image .*garbage\.png"):
         load_image(garbage)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(png_bytes((200, 200))[:60])

@@ -1,0 +1,31 @@
+"""SynthRef: an offline, synthetic referring-expression benchmark in the REFER file layout.
+
+Scenes of coloured shapes on textured backgrounds, with expressions of five types (attribute,
+position, relation, comparative, ordinal), each carrying its gold scene graph and checked to
+name exactly one object. Splits train / val / test / testC (held-out colour-shape
+combinations) / testR (relations only). Load it with
+``refground.data.refer.load_refer_split(out_dir, "synthref", "synth", split)``.
+"""
+
+from refground.data.synth.expressions import EXPRESSION_TYPES
+from refground.data.synth.scenes import COLORS, SHAPES, SIZES, SceneConfig
+from refground.data.synth.writer import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    SplitStats,
+    SynthStats,
+    generate_synthref,
+)
+
+__all__ = [
+    "COLORS",
+    "DEFAULT_FRACTIONS",
+    "EXPRESSION_TYPES",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "SceneConfig",
+    "SplitStats",
+    "SynthStats",
+    "generate_synthref",
+]

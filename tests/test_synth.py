@@ -1,0 +1,384 @@
+"""SynthRef generator: file layout, determinism, and *independent* checks of what it claims.
+
+The semantic checks below re-derive answers from ``instances.json`` (category, colour, size,
+box) with their own small word tables; they never call the generator's evaluator, so a bug
+there cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refground.data.synth import SPLITS, SceneConfig, generate_synthref
+from refground.data.synth.writer import split_sizes
+from refground.errors import ConfigError
+from refground.types import SceneGraph
+
+SEED = 3
+NUM_IMAGES = 40
+SIZE_WORDS = {"small": "small", "little": "small", "medium": "medium", "large": "large",
+              "big": "large"}
+GENERIC_HEADS = {"object", "shape", "thing", "one"}
+PREDICATES = {"left of", "right of", "above", "below", "closest to", "next to"}
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_synthref(root, seed=SEED, num_images=NUM_IMAGES, workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def refs(synth_root: Path) -> list[dict[str, Any]]:
+    with open(synth_root / "synthref" / "refs(synth).p", "rb") as stream:
+        return pickle.load(stream)
+
+
+@pytest.fixture(scope="module")
+def instances(synth_root: Path) -> dict[str, Any]:
+    return json.loads((synth_root / "synthref" / "instances.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def world(instances: dict[str, Any]) -> dict[str, Any]:
+    """Annotations by id and by image, category names, colour words: the facts to check with."""
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in instances["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return {
+        "anns": {a["id"]: a for a in instances["annotations"]},
+        "by_image": by_image,
+        "images": {i["id"]: i for i in instances["images"]},
+        "categories": {c["id"]: c["name"] for c in instances["categories"]},
+        "colors": {a["color"] for a in instances["annotations"]},
+    }
+
+
+def _sentences(refs: list[dict[str, Any]], kind: str | None = None
+               ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for ref in refs:
+        for sentence in ref["sentences"]:
+            if kind is None or sentence["type"] == kind:
+                yield ref, sentence
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- an independent resolver over instances.json ------------------------------------------------
+
+def _matches(entity: dict[str, Any], ann: dict[str, Any], world: dict[str, Any]) -> bool:
+    """Does an annotation fit the entity's head noun and colour/size words?"""
+    head = entity["head"]
+    if head not in GENERIC_HEADS and world["categories"][ann["category_id"]] != head:
+        return False
+    for word in entity["attributes"]:
+        if word in world["colors"]:
+            if ann["color"] != word:
+                return False
+        elif SIZE_WORDS[word] != ann["size"]:
+            return False
+    return True
+
+
+def _center(ann: dict[str, Any]) -> tuple[float, float]:
+    x, y, w, h = ann["bbox"]
+    return x + w / 2, y + h / 2
+
+
+SUPERLATIVE_KEYS = {
+    "leftmost": lambda a: _center(a)[0], "rightmost": lambda a: -_center(a)[0],
+    "topmost": lambda a: _center(a)[1], "bottommost": lambda a: -_center(a)[1],
+}
+
+
+def _resolve(entity: dict[str, Any], image_id: int, world: dict[str, Any]
+             ) -> list[dict[str, Any]]:
+    """Candidates for an entity with attributes and at most a superlative."""
+    found = [a for a in world["by_image"][image_id] if _matches(entity, a, world)]
+    if entity["spatial"]:
+        (word,) = entity["spatial"]
+        found = sorted(found, key=SUPERLATIVE_KEYS[word])[:1]
+    return found
+
+
+def _strictly(predicate: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``a predicate b`` with disjoint boxes and the offset within 45 degrees of the axis."""
+    ax, ay, aw, ah = a["bbox"]
+    bx, by, bw, bh = b["bbox"]
+    dx, dy = _center(b)[0] - _center(a)[0], _center(b)[1] - _center(a)[1]
+    if predicate == "left of":
+        return ax + aw < bx and abs(dy) <= dx
+    if predicate == "right of":
+        return bx + bw < ax and abs(dy) <= -dx
+    if predicate == "above":
+        return ay + ah < by and abs(dx) <= dy
+    if predicate == "below":
+        return by + bh < ay and abs(dx) <= -dy
+    raise ValueError(predicate)
+
+
+# --- layout and schema --------------------------------------------------------------------------
+
+def test_files_are_in_refer_layout(synth_root: Path, instances: dict[str, Any]) -> None:
+    for name in ("refs(synth).p", "instances.json", "stats.json", "README.txt"):
+        assert (synth_root / "synthref" / name).is_file()
+    names = sorted(p.name for p in (synth_root / "images").iterdir())
+    assert names == sorted(i["file_name"] for i in instances["images"])
+    assert len(names) == NUM_IMAGES
+    assert instances["info"]["seed"] == SEED
+    assert all(c["supercategory"] == "shape" for c in instances["categories"])
+
+
+def test_pickle_holds_only_plain_containers(refs: list[dict[str, Any]]) -> None:
+    def walk(value: Any) -> None:
+        assert type(value) in (dict, list, str, int, float, bool, type(None)), type(value)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                assert type(key) is str
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    assert isinstance(refs, list) and refs
+    walk(refs)
+
+
+def test_refs_follow_the_refer_schema(refs: list[dict[str, Any]], world: dict[str, Any]) -> None:
+    ref_keys = {"ref_id", "ann_id", "image_id", "category_id", "split", "file_name", "sent_ids",
+                "sentences"}
+    for ref in refs:
+        assert set(ref) == ref_keys
+        ann = world["anns"][ref["ann_id"]]
+        assert ann["image_id"] == ref["image_id"]
+        assert ann["category_id"] == ref["category_id"]
+        assert ref["file_name"] == f"synthref_{ref['image_id']:06d}_{ref['ann_id']}.png"
+        assert ref["sent_ids"] == [s["sent_id"] for s in ref["sentences"]]
+        assert 1 <= len(ref["sentences"]) <= 3
+        for sentence in ref["sentences"]:
+            assert set(sentence) == {"sent_id", "sent", "raw", "tokens", "type", "graph"}
+            assert sentence["sent"] == sentence["raw"].lower()
+            assert sentence["tokens"] == sentence["sent"].split()
+            graph = sentence["graph"]
+            assert SceneGraph.from_dict(graph).to_dict() == graph
+            assert graph["entities"], "entity 0 is the referent"
+            referent = graph["entities"][0]
+            assert referent["span"].lower() in sentence["sent"]
+
+
+def test_ids_are_unique_and_start_at_one(refs: list[dict[str, Any]],
+                                         instances: dict[str, Any]) -> None:
+    for ids in ([r["ref_id"] for r in refs],
+                [s["sent_id"] for _, s in _sentences(refs)],
+                [a["id"] for a in instances["annotations"]],
+                [i["id"] for i in instances["images"]]):
+        assert ids == list(range(1, len(ids) + 1))
+
+
+def test_same_seed_gives_identical_bytes_for_any_worker_count(synth_root: Path,
+                                                               tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    generate_synthref(again, seed=SEED, num_images=NUM_IMAGES, workers=2)
+    assert _file_hashes(again) == _file_hashes(synth_root)
+
+
+def test_different_seed_gives_different_data(synth_root: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate_synthref(other, seed=SEED + 1, num_images=NUM_IMAGES, workers=1)
+    first, second = _file_hashes(synth_root), _file_hashes(other)
+    assert first["synthref/refs(synth).p"] != second["synthref/refs(synth).p"]
+    assert first["synthref/instances.json"] != second["synthref/instances.json"]
+    assert first["images/synthref_000001.png"] != second["images/synthref_000001.png"]
+
+
+def test_regenerating_replaces_stale_images(tmp_path: Path) -> None:
+    generate_synthref(tmp_path, seed=0, num_images=8)
+    generate_synthref(tmp_path, seed=0, num_images=5)
+    assert len(list((tmp_path / "images").glob("*.png"))) == 5
+
+
+# --- splits -------------------------------------------------------------------------------------
+
+def test_all_five_splits_present(refs: list[dict[str, Any]], synth_root: Path) -> None:
+    assert {r["split"] for r in refs} == set(SPLITS)
+    stats = json.loads((synth_root / "synthref" / "stats.json").read_text())
+    assert set(stats["splits"]) == set(SPLITS)
+    assert sum(s["images"] for s in stats["splits"].values()) == NUM_IMAGES
+    assert sum(s["sentences"] for s in stats["splits"].values()) == sum(
+        len(r["sentences"]) for r in refs)
+
+
+def test_small_datasets_still_get_every_split() -> None:
+    assert split_sizes(30, {s: f for s, f in zip(SPLITS, (0.7, 0.08, 0.1, 0.06, 0.06),
+                                                   strict=True)}) == {
+        "train": 21, "val": 2, "test": 3, "testC": 2, "testR": 2}
+    assert set(split_sizes(5, dict.fromkeys(SPLITS, 1.0)).values()) == {1}
+
+
+@pytest.mark.parametrize("arguments", [
+    {"num_images": 3},
+    {"fractions": {"train": 1.0, "dev": 0.5}},
+    {"seed": -1},
+    {"type_weights": {"attribute": 0.0}},
+])
+def test_bad_arguments_raise_config_errors(arguments: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        generate_synthref(tmp_path / "out", **{"num_images": 10, **arguments})
+    assert not (tmp_path / "out").exists(), "nothing is written for rejected arguments"
+
+
+def test_impossible_scene_settings_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="min_objects"):
+        SceneConfig(min_objects=5, max_objects=3)
+    with pytest.raises(ConfigError, match="min_side"):
+        SceneConfig(min_side=50)
+
+
+def test_each_image_belongs_to_one_split(refs: list[dict[str, Any]]) -> None:
+    split_of: dict[int, str] = {}
+    for ref in refs:
+        assert split_of.setdefault(ref["image_id"], ref["split"]) == ref["split"]
+
+
+def test_testc_referents_are_never_referred_to_elsewhere(refs: list[dict[str, Any]],
+                                                         world: dict[str, Any],
+                                                         instances: dict[str, Any]) -> None:
+    def combo(ref: dict[str, Any]) -> tuple[str, str]:
+        ann = world["anns"][ref["ann_id"]]
+        return ann["color"], world["categories"][ann["category_id"]]
+
+    held_out = {combo(r) for r in refs if r["split"] == "testC"}
+    elsewhere = {combo(r) for r in refs if r["split"] != "testC"}
+    assert held_out
+    assert not held_out & elsewhere
+    assert held_out <= {tuple(c) for c in instances["info"]["held_out_combos"]}
+
+
+def test_testr_is_relations_only(refs: list[dict[str, Any]]) -> None:
+    sentences = [s for r in refs if r["split"] == "testR" for s in r["sentences"]]
+    assert sentences
+    for sentence in sentences:
+        assert sentence["type"] == "relation"
+        relations = sentence["graph"]["relations"]
+        assert len(relations) >= 1
+        assert all(r["predicate"] in PREDICATES for r in relations)
+
+
+# --- geometry and pixels ------------------------------------------------------------------------
+
+def test_png_sizes_match_instances(synth_root: Path, instances: dict[str, Any]) -> None:
+    for image in instances["images"]:
+        with Image.open(synth_root / "images" / image["file_name"]) as png:
+            assert png.size == (image["width"], image["height"])
+            assert png.mode == "RGB"
+
+
+def test_boxes_are_inside_images_and_tight_around_the_drawn_shape(
+        synth_root: Path, instances: dict[str, Any], world: dict[str, Any]) -> None:
+    palette = {name: np.array(rgb, dtype=np.uint8)
+               for name, rgb in instances["info"]["colors"].items()}
+    for image in instances["images"]:
+        pixels = np.asarray(Image.open(synth_root / "images" / image["file_name"]))
+        for ann in world["by_image"][image["id"]]:
+            x, y, w, h = (int(v) for v in ann["bbox"])
+            assert min(x, y) >= 0
+            assert x + w <= image["width"] and y + h <= image["height"]
+            painted = (pixels == palette[ann["color"]]).all(axis=-1)
+            inside = painted[y:y + h, x:x + w]
+            assert inside.sum() == ann["area"]
+            assert inside[0].any() and inside[-1].any()
+            assert inside[:, 0].any() and inside[:, -1].any()
+            ring = painted[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1]
+            assert ring.sum() == inside.sum(), "no object pixel just outside its box"
+
+
+def test_objects_do_not_overlap(world: dict[str, Any]) -> None:
+    for anns in world["by_image"].values():
+        assert 3 <= len(anns) <= 8
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                           a["bbox"][1] + a["bbox"][3]] for a in anns])
+        overlap_w = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(
+            boxes[:, None, 0], boxes[None, :, 0])
+        overlap_h = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(
+            boxes[:, None, 1], boxes[None, :, 1])
+        overlapping = (overlap_w > 0) & (overlap_h > 0)
+        np.fill_diagonal(overlapping, False)
+        assert not overlapping.any()
+
+
+# --- expressions, checked independently ---------------------------------------------------------
+
+def test_every_expression_type_occurs(refs: list[dict[str, Any]]) -> None:
+    assert {s["type"] for _, s in _sentences(refs)} == {
+        "attribute", "position", "relation", "comparative", "ordinal"}
+
+
+def test_attribute_expressions_name_exactly_one_object(refs: list[dict[str, Any]],
+                                                       world: dict[str, Any]) -> None:
+    checked = 0
+    for ref, sentence in _sentences(refs, "attribute"):
+        (entity,) = sentence["graph"]["entities"]
+        assert not entity["spatial"]
+        found = [a["id"] for a in world["by_image"][ref["image_id"]]
+                 if _matches(entity, a, world)]
+        assert found == [ref["ann_id"]], sentence["raw"]
+        checked += 1
+    assert checked >= 10
+
+
+def test_superlatives_pick_the_extreme_object(refs: list[dict[str, Any]],
+                                              world: dict[str, Any]) -> None:
+    checked = 0
+    for ref, sentence in _sentences(refs, "position"):
+        entity = sentence["graph"]["entities"][0]
+        if entity["spatial"][0] not in SUPERLATIVE_KEYS:
+            continue
+        found = _resolve(entity, ref["image_id"], world)
+        assert [a["id"] for a in found] == [ref["ann_id"]], sentence["raw"]
+        checked += 1
+    assert checked >= 3
+
+
+def test_directional_relations_hold_for_the_referent_only(refs: list[dict[str, Any]],
+                                                          world: dict[str, Any]) -> None:
+    checked = 0
+    for ref, sentence in _sentences(refs, "relation"):
+        subject, anchor_entity = sentence["graph"]["entities"]
+        (relation,) = sentence["graph"]["relations"]
+        assert (relation["subject"], relation["object"]) == (0, 1)
+        if relation["predicate"] not in ("left of", "right of", "above", "below"):
+            continue
+        anchors = _resolve(anchor_entity, ref["image_id"], world)
+        assert len(anchors) == 1, sentence["raw"]
+        holding = [a["id"] for a in world["by_image"][ref["image_id"]]
+                   if a["id"] != anchors[0]["id"] and _matches(subject, a, world)
+                   and _strictly(relation["predicate"], a, anchors[0])]
+        assert holding == [ref["ann_id"]], sentence["raw"]
+        checked += 1
+    assert checked >= 3
+
+
+def test_the_refer_loader_reads_every_split(synth_root: Path,
+                                            refs: list[dict[str, Any]]) -> None:
+    from refground.data.refer import load_refer_split
+
+    for split in SPLITS:
+        samples = load_refer_split(synth_root, "synthref", "synth", split)
+        expected = sum(len(r["sentences"]) for r in refs if r["split"] == split)
+        assert len(samples) == expected
+        sample = samples.samples[0]
+        assert sample.graph is not None and sample.expression_type is not None
+        assert sample.image_path.is_file()
