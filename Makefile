@@ -20,7 +20,7 @@ lint: $(VENV)/.dev-installed
 
 $(VENV)/.core-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e ".[clip]"
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt

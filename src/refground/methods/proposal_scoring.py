@@ -49,13 +49,13 @@ class ProposalScoringMethod(Method):
     def __init__(self, clip: str | Sequence[str] = SHIPPED_CLIP, proposals: str = "gt",
                  proposal_options: dict[str, Any] | None = None, device: str = "cpu",
                  clip_batch_size: int = 64, text_cache_dir: str | None = None,
-                 encoders: Sequence[ClipEncoder] | None = None) -> None:
+                 dtype: str = "float32", encoders: Sequence[ClipEncoder] | None = None) -> None:
         """``clip`` names one or more backbones (several: their scores are averaged);
         ``encoders`` passes already built ones instead (e.g. a model being trained)."""
         if encoders is not None:
             self.encoders = list(encoders)
         else:
-            self.encoders = [load_clip(name, device, clip_batch_size, text_cache_dir)
+            self.encoders = [load_clip(name, device, clip_batch_size, text_cache_dir, dtype)
                              for name in as_name_list(clip)]
         self.proposer = build_proposer(proposals, **dict(proposal_options or {}))
 

@@ -12,6 +12,9 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import torch
+
+from refground.errors import ConfigError
 from refground.vision.clip import ClipEncoder
 
 SHIPPED_CLIP = "synthref-clip"
@@ -30,12 +33,27 @@ def resolve_clip_name(name: str) -> str:
     return str(path) if path is not None else name
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
+
+
 @lru_cache(maxsize=4)
 def load_clip(name: str, device: str = "cpu", batch_size: int = 64,
-              cache_dir: str | None = None) -> ClipEncoder:
-    """Load (once per process) a CLIP encoder by shipped name, hub id or local directory."""
+              cache_dir: str | None = None, dtype: str = "float32") -> ClipEncoder:
+    """Load (once per process) a CLIP encoder by shipped name, hub id or local directory.
+
+    ``dtype="bfloat16"`` halves the cost of the forward passes on CPUs with bf16 support (and
+    on GPUs) at the price of about three significant digits in the similarities.
+    """
     return ClipEncoder.from_pretrained(resolve_clip_name(name), device=device,
-                                       batch_size=batch_size, cache_dir=cache_dir)
+                                       dtype=parse_dtype(dtype), batch_size=batch_size,
+                                       cache_dir=cache_dir)
 
 
 def bundled_debias_expressions(name: str) -> list[str] | None:
