@@ -13,7 +13,11 @@ from torch import Tensor
 
 from refground.errors import ConfigError
 from refground.methods.base import METHODS
-from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem
+from refground.methods.proposal_scoring import (
+    ProposalScoringMethod,
+    ScoringItem,
+    features_per_item,
+)
 from refground.vision.clip import ClipEncoder
 
 
@@ -42,12 +46,8 @@ class CropRank(ProposalScoringMethod):
         return self.ensemble([self._score_with(encoder, items) for encoder in self.encoders])
 
     def _score_with(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> list[Tensor]:
-        crops = [crop for item in items for crop in crop_pixels(item)]
-        crop_features = encoder.encode_images(crops).cpu()
+        crop_features = features_per_item(items, lambda unique: encoder.encode_images(
+            [crop for item in unique for crop in crop_pixels(item)]))
         texts = encoder.encode_texts([self.template.format(i.sample.expression) for i in items])
-        scores, start = [], 0
-        for item, text in zip(items, texts.cpu(), strict=True):
-            count = len(item.proposals)
-            scores.append(crop_features[start:start + count] @ text)
-            start += count
-        return scores
+        return [features @ text for features, text in zip(crop_features, texts.cpu(),
+                                                          strict=True)]

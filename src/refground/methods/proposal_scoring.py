@@ -7,8 +7,9 @@ images, calling the proposer, ranking, and the whole-image fallback live here on
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,11 +65,17 @@ class ProposalScoringMethod(Method):
         """One score per proposal for each item (higher is better)."""
 
     def prepare_items(self, samples: Sequence[Sample]) -> list[ScoringItem]:
-        images = [load_image(sample.image_path) for sample in samples]
+        """Load each distinct image of the batch once and propose boxes for every sample."""
+        decoded: dict[Path, tuple[Image.Image, Tensor]] = {}
+        for sample in samples:
+            if sample.image_path not in decoded:
+                image = load_image(sample.image_path)
+                decoded[sample.image_path] = (image, pil_to_tensor(image).float() / 255)
+        images = [decoded[sample.image_path][0] for sample in samples]
         proposals = self.proposer.propose(images, samples)
         return [
-            ScoringItem(sample, image, pil_to_tensor(image).float() / 255, props)
-            for sample, image, props in zip(samples, images, proposals, strict=True)
+            ScoringItem(sample, *decoded[sample.image_path], props)
+            for sample, props in zip(samples, proposals, strict=True)
         ]
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
@@ -79,6 +86,29 @@ class ProposalScoringMethod(Method):
     def ensemble(self, per_encoder: Sequence[list[Tensor]]) -> list[Tensor]:
         """Average each sample's scores over backbones (the notebook's ensemble)."""
         return [torch.stack(scores).mean(0) for scores in zip(*per_encoder, strict=True)]
+
+
+def features_per_item(items: Sequence[ScoringItem],
+                      encode: Callable[[Sequence[ScoringItem]], Tensor]) -> list[Tensor]:
+    """Image-side features of each item, computed once per distinct (image, proposals).
+
+    What CLIP sees of a proposal (its crop, its marked views) does not depend on the
+    expression, and the protocol evaluates several expressions per image; so items that share
+    an image and boxes share one encoding. ``encode(unique_items)`` returns the stacked
+    features of those items, in order, ``rows_per_item`` rows each.
+    """
+    keys = [(item.sample.image_path, item.proposals.boxes.numpy().tobytes()) for item in items]
+    index: dict[tuple[Path, bytes], int] = {}
+    unique: list[ScoringItem] = []
+    for key, item in zip(keys, items, strict=True):
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(item)
+    stacked = encode(unique).cpu()
+    sizes = [len(item.proposals) for item in unique]
+    rows = stacked.shape[0] // sum(sizes)
+    chunks = torch.split(stacked, [size * rows for size in sizes])
+    return [chunks[index[key]] for key in keys]
 
 
 def rank(item: ScoringItem, scores: Tensor) -> Prediction:

@@ -26,7 +26,11 @@ from torch import Tensor
 from refground.data.refer import load_refer_split
 from refground.errors import ConfigError, DatasetError
 from refground.methods.base import METHODS, DatasetInfo
-from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem
+from refground.methods.proposal_scoring import (
+    ProposalScoringMethod,
+    ScoringItem,
+    features_per_item,
+)
 from refground.vision.clip import ClipEncoder
 from refground.vision.prompts import PromptStyle, render_views
 from refground.vision.shipped import bundled_debias_expressions
@@ -151,18 +155,15 @@ class VisualPrompt(ProposalScoringMethod):
             for item in items])
 
     def _score_with(self, encoder: ClipEncoder, items: Sequence[ScoringItem]) -> list[Tensor]:
-        view_features = encoder.encode_image_tensors(self.render(encoder, items)).cpu()
+        view_features = features_per_item(
+            items, lambda unique: encoder.encode_image_tensors(self.render(encoder, unique)))
         texts = encoder.encode_texts([self.prefix + i.sample.expression for i in items]).cpu()
         debias_mean = self._debias_mean(encoder)
         count = len(self.debias_texts or ())
-        per_view = len(self.style.backgrounds)
-        scores, start = [], 0
-        for item, text in zip(items, texts, strict=True):
-            size = len(item.proposals) * per_view
-            similarity = debiased_similarity(text, debias_mean, count,
-                                             view_features[start:start + size])
-            start += size
-            grouped = similarity.view(len(item.proposals), per_view)
+        scores = []
+        for item, text, views in zip(items, texts, view_features, strict=True):
+            similarity = debiased_similarity(text, debias_mean, count, views)
+            grouped = similarity.view(len(item.proposals), len(self.style.backgrounds))
             scores.append(grouped.amax(1) if self.aggregate == "max" else grouped.mean(1))
         return scores
 

@@ -2,19 +2,21 @@
 
 For each proposal the visual-prompt method shows CLIP the *whole* image (spatial context is
 kept) with the proposal's rectangle sharp, the rest blurred (optionally also grayscale), and a
-red ellipse inscribed in the box. A straightforward renderer does this per proposal at full
-resolution with PIL and then lets CLIP's preprocessing shrink it to 224 px. Here we render
-directly in CLIP's input frame instead:
+red ellipse inscribed in the box. The straightforward renderer (the CLIP notebook's) does this
+per proposal with PIL at full resolution and lets CLIP's preprocessing shrink each view; its
+cost is one full-image blur, paste and resize per view. Here:
 
-* the image is resized to CLIP's frame once; the blurred and gray backgrounds are computed once
-  per image in that frame (a Gaussian of sigma ``r`` before a downscale by ``s`` is a Gaussian of
-  sigma ``r * s`` after it);
-* each proposal becomes two coverage masks in the frame — the sharp window (exact per-pixel
-  area coverage of the rectangle) and the marker ring (supersampled) — so compositing is a few
-  broadcast multiply-adds over ``(P, V, 3, S, S)``, with no per-proposal Python loop.
+* each background (blurred, gray, ...) is computed once per image, at full resolution with the
+  same extended-box blur PIL uses;
+* CLIP's resize (bicubic, antialiased) is linear and separable, so it is a pair of matrices
+  ``A_h (h x H)`` and ``A_w (w x W)`` (the crop is a slice of their rows): a view is
+  ``A_h (background + delta) A_w^T``, and ``A_h background A_w^T`` is shared by all proposals;
+* a proposal changes the background only inside its box (sharp window, marker ring), so its
+  ``delta`` is a small full-resolution patch, drawn with PIL's pixel conventions, and costs one
+  small matrix product.
 
-The result matches the PIL pipeline up to resampling differences; the parity test checks that
-the method's decisions do not change.
+So the views equal the PIL pipeline's up to uint8 rounding, while the per-view work is tiny;
+the parity test checks that the method's decisions do not change.
 """
 
 from __future__ import annotations
@@ -59,10 +61,8 @@ class PromptStyle:
 
 @dataclass(frozen=True)
 class Frame:
-    """Where the original image lands in CLIP's input: a scale, then a crop at an offset."""
+    """Where the original image lands in CLIP's input: a resize, then a crop at an offset."""
 
-    scale_x: float
-    scale_y: float
     left: int
     top: int
     resized_height: int
@@ -79,21 +79,7 @@ class Frame:
             raise ImageError(
                 f"a {width}x{height} image resized to {new_w}x{new_h} is smaller than the "
                 f"{out_w}x{out_h} crop; visual prompts need the crop inside the image")
-        return cls(new_w / width, new_h / height, (new_w - out_w) // 2, (new_h - out_h) // 2,
-                   new_h, new_w, out_h, out_w)
-
-    def map_boxes(self, boxes: Tensor) -> Tensor:
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        offset = boxes.new_tensor([self.left, self.top, self.left, self.top])
-        return boxes * scale - offset
-
-    def resize(self, images: Tensor) -> Tensor:
-        """``(N, C, H, W)`` float images in [0, 1] -> resized (bicubic, antialiased), uncropped."""
-        return F.interpolate(images, size=(self.resized_height, self.resized_width),
-                             mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-
-    def crop(self, resized: Tensor) -> Tensor:
-        return resized[..., self.top:self.top + self.height, self.left:self.left + self.width]
+        return cls((new_w - out_w) // 2, (new_h - out_h) // 2, new_h, new_w, out_h, out_w)
 
 
 def _box_radius(sigma: float, passes: int) -> tuple[int, float]:
@@ -142,94 +128,105 @@ def grayscale(images: Tensor) -> Tensor:
     return luma.expand_as(images)
 
 
-def rectangle_coverage(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Exact share of each frame pixel covered by each box: ``(P, 4) -> (P, H, W)``."""
-
-    def along(lo: Tensor, hi: Tensor, length: int) -> Tensor:
-        pixels = torch.arange(length, dtype=boxes.dtype, device=boxes.device)
-        return (torch.minimum(hi[:, None], pixels + 1) - torch.maximum(lo[:, None], pixels)
-                ).clamp(0, 1)
-
-    cover_x = along(boxes[:, 0], boxes[:, 2], width)
-    cover_y = along(boxes[:, 1], boxes[:, 3], height)
-    return cover_y[:, :, None] * cover_x[:, None, :]
+def resample_matrix(length: int, out_length: int, dtype: torch.dtype = torch.float32
+                    ) -> Tensor:
+    """``(out_length, length)`` matrix of a 1-D bicubic antialiased resize, read off
+    ``interpolate`` applied to one-hot rows (resizing along the width; a tall ``(L, 1)`` input
+    does not give the same weights in torch 2.13)."""
+    eye = torch.eye(length, dtype=dtype).view(length, 1, 1, length)
+    rows = F.interpolate(eye, size=(1, out_length), mode="bicubic", antialias=True,
+                         align_corners=False)
+    return rows[:, 0, 0, :].T.contiguous()
 
 
-def _ellipse_distance(xs: Tensor, ys: Tensor, cx: Tensor, cy: Tensor, ax: Tensor, ay: Tensor
-                      ) -> Tensor:
-    """Approximate signed distance (pixels, negative inside) to an axis-aligned ellipse.
+@dataclass(frozen=True)
+class Marks:
+    """PIL's pixels of one proposal, within its patch ``[top:bottom, left:right]``."""
 
-    First-order: ``(f - 1) / |grad f|`` with ``f`` the normalised radius; exact on the axes
-    and within a fraction of a pixel near the boundary, which is all anti-aliasing needs.
-    """
-    u, v = (xs - cx) / ax, (ys - cy) / ay
-    radius = torch.sqrt(u * u + v * v).clamp(min=1e-6)
-    gradient = torch.sqrt((u / ax) ** 2 + (v / ay) ** 2).clamp(min=1e-6) / radius
-    return (radius - 1) / gradient
-
-
-def ellipse_ring_coverage(boxes: Tensor, stroke: float, height: int, width: int) -> Tensor:
-    """Anti-aliased coverage of the ring inscribed in each box, ``stroke`` frame pixels wide:
-    ``(P, 4) -> (P, H, W)``. One distance evaluation per pixel, no supersampling."""
-    cx = ((boxes[:, 0] + boxes[:, 2]) / 2)[:, None, None]
-    cy = ((boxes[:, 1] + boxes[:, 3]) / 2)[:, None, None]
-    ax = ((boxes[:, 2] - boxes[:, 0]) / 2).clamp(min=0.5)[:, None, None]
-    ay = ((boxes[:, 3] - boxes[:, 1]) / 2).clamp(min=0.5)[:, None, None]
-    xs = torch.arange(width, dtype=boxes.dtype, device=boxes.device)[None, None, :] + 0.5
-    ys = torch.arange(height, dtype=boxes.dtype, device=boxes.device)[None, :, None] + 0.5
-    inside_outer = (0.5 - _ellipse_distance(xs, ys, cx, cy, ax, ay)).clamp(0, 1)
-    inner_x, inner_y = ax - stroke, ay - stroke
-    hollow = (inner_x > 0) & (inner_y > 0)  # else the stroke fills the whole ellipse
-    outside_inner = (0.5 + _ellipse_distance(xs, ys, cx, cy, inner_x.clamp(min=1e-3),
-                                             inner_y.clamp(min=1e-3))).clamp(0, 1)
-    return inside_outer * torch.where(hollow, outside_inner, torch.ones_like(outside_inner))
+    top: int
+    bottom: int
+    left: int
+    right: int
+    window: Tensor  # (h, w) bool: pasted back sharp
+    ring: Tensor  # (h, w) bool: marker colour
 
 
-def rectangle_ring_coverage(boxes: Tensor, stroke: float, height: int, width: int) -> Tensor:
-    inner = boxes + boxes.new_tensor([stroke, stroke, -stroke, -stroke])
-    inner = torch.stack((inner[:, 0], inner[:, 1], torch.maximum(inner[:, 0], inner[:, 2]),
-                         torch.maximum(inner[:, 1], inner[:, 3])), dim=-1)
-    return rectangle_coverage(boxes, height, width) - rectangle_coverage(inner, height, width)
+def proposal_marks(box: tuple[int, int, int, int], style: PromptStyle, height: int, width: int
+                   ) -> Marks | None:
+    """The sharp window and marker pixels of a rounded box, with PIL's conventions: a pasted
+    crop covers ``x0 .. x1 - 1``; an outline drawn in ``(x0, y0, x1, y1)`` spans ``x0 .. x1``
+    inclusive, ``round(stroke)`` pixels wide. ``None`` when nothing lands in the image."""
+    x0, y0, x1, y1 = box
+    top, bottom = max(0, y0), min(height, y1 + 1)
+    left, right = max(0, x0), min(width, x1 + 1)
+    if bottom <= top or right <= left:
+        return None
+    ys = torch.arange(top, bottom, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(left, right, dtype=torch.float32)[None, :] + 0.5
+    if style.sharp_window and x1 > x0 and y1 > y0:
+        window = (ys < y1) & (xs < x1) & (ys >= y0) & (xs >= x0)
+    else:
+        window = torch.zeros(bottom - top, right - left, dtype=torch.bool)
+    stroke = max(1, round(style.stroke))
+    if style.marker == "ellipse":
+        cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
+        ax, ay = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
+        outer = ((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2 <= 1
+        if ax > stroke and ay > stroke:
+            hole = ((xs - cx) / (ax - stroke)) ** 2 + ((ys - cy) / (ay - stroke)) ** 2 < 1
+            ring = outer & ~hole
+        else:
+            ring = outer
+    elif style.marker == "rectangle":
+        inside = (xs >= x0 + stroke) & (xs < x1 + 1 - stroke) & (ys >= y0 + stroke) & (
+            ys < y1 + 1 - stroke)
+        ring = ~inside
+    else:
+        ring = torch.zeros_like(window)
+    return Marks(top, bottom, left, right, window, ring)
 
 
 def render_views(image: Tensor, boxes: Tensor, style: PromptStyle,
                  config: ClipPreprocessConfig, normalize: bool = False) -> Tensor:
-    """All prompt views of one image, in CLIP's frame.
+    """All prompt views of one image, in CLIP's input frame (see the module docstring).
 
-    ``image``: ``(3, H, W)`` float in [0, 1]; ``boxes``: ``(P, 4)`` xyxy pixels. Returns
-    ``(P, V, 3, h, w)``, one view per entry of ``style.backgrounds``: in [0, 1], or with
-    ``normalize`` already normalised with the config's mean and std. Views are convex blends of
-    a few per-image layers (sharp image, backgrounds, marker colour), and normalisation is
-    affine, so the layers are normalised once and blended in normalised space.
+    ``image``: ``(3, H, W)`` float in [0, 1]; ``boxes``: ``(P, 4)`` xyxy pixels (rounded to
+    whole pixels, as PIL draws them). Returns ``(P, V, 3, h, w)``, one view per entry of
+    ``style.backgrounds``: in [0, 1], or with ``normalize`` normalised with the config's mean
+    and std, ready for CLIP.
     """
     _, height, width = image.shape
     frame = Frame.for_image(width, height, config)
-    scale = (frame.scale_x + frame.scale_y) / 2
-    resized = frame.resize(image[None])
+    rows = resample_matrix(height, frame.resized_height, image.dtype)[
+        frame.top:frame.top + frame.height]
+    cols = resample_matrix(width, frame.resized_width, image.dtype)[
+        frame.left:frame.left + frame.width]
     needs_blur = any("blur" in b for b in style.backgrounds)
-    blurred = gaussian_blur(resized, style.blur_radius * scale) if needs_blur else resized
+    blurred = gaussian_blur(image[None], style.blur_radius)[0] if needs_blur else image
     treatments = {
-        "none": lambda: resized,
+        "none": lambda: image,
         "blur": lambda: blurred,
-        "gray": lambda: grayscale(resized),
-        "blur-gray": lambda: grayscale(blurred),
+        "gray": lambda: grayscale(image[None])[0],
+        "blur-gray": lambda: grayscale(blurred[None])[0],
     }
-    backgrounds = torch.cat([frame.crop(treatments[b]()) for b in style.backgrounds])
-    sharp = frame.crop(resized)
-    color = torch.tensor(style.color, dtype=image.dtype, device=image.device).view(3, 1, 1) / 255
+    layers = torch.stack([treatments[b]() for b in style.backgrounds])  # (V, 3, H, W)
+    base = torch.einsum("hH,vcHW,wW->vchw", rows, layers, cols)
+    views = base[None].repeat(len(boxes), 1, 1, 1, 1)  # (P, V, 3, h, w)
+    color = torch.tensor(style.color, dtype=image.dtype).view(1, 3, 1, 1) / 255
+    for index, box in enumerate(boxes.round().int().tolist()):
+        marks = proposal_marks(tuple(box), style, height, width)
+        if marks is None:
+            continue
+        patch = (slice(None), slice(None), slice(marks.top, marks.bottom),
+                 slice(marks.left, marks.right))
+        background = layers[patch]
+        drawn = torch.where(marks.window, image[patch[1:]][None], background)
+        drawn = torch.where(marks.ring, color, drawn)
+        views[index] += torch.einsum("hH,vcHW,wW->vchw", rows[:, marks.top:marks.bottom],
+                                     drawn - background, cols[:, marks.left:marks.right])
+    views = views.clamp_(0, 1)
     if normalize:
         mean = image.new_tensor(config.image_mean).view(3, 1, 1)
         std = image.new_tensor(config.image_std).view(3, 1, 1)
-        backgrounds, sharp, color = ((x - mean) / std for x in (backgrounds, sharp, color))
-
-    frame_boxes = frame.map_boxes(boxes.to(image.dtype))
-    views = backgrounds[None].repeat(len(boxes), 1, 1, 1, 1)  # (P, V, 3, h, w)
-    if style.sharp_window:
-        window = rectangle_coverage(frame_boxes, frame.height, frame.width)[:, None, None]
-        views.lerp_(sharp.expand_as(views), window.expand_as(views))
-    if style.marker != "none":
-        ring_coverage = ellipse_ring_coverage if style.marker == "ellipse" else (
-            rectangle_ring_coverage)
-        ring = ring_coverage(frame_boxes, style.stroke * scale, frame.height, frame.width)
-        views.lerp_(color.expand_as(views), ring[:, None, None].expand_as(views))
+        views = views.sub_(mean).div_(std)
     return views
