@@ -151,10 +151,11 @@ def test_eval_cli_with_a_local_clip_directory(tmp_path: Path) -> None:
         out = tmp_path / method
         result = CliRunner().invoke(app, [
             "eval", "--data", str(root), "--dataset", "refcocog", "--split-by", "umd",
-            "--split", "test", "--method", method, "-o", f"clip={clip_dir}", "--out", str(out),
-            "--no-progress"])
+            "--split", "test", "--method", method, "--proposals", "gt", "-o", f"clip={clip_dir}",
+            "--out", str(out), "--no-progress"])
         assert result.exit_code == 0, result.output
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["n"] == 4 and metrics["run"]["method"] == method
+        assert metrics["run"]["options"]["proposals"] == "gt"
         lines = (out / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == 4 and all(len(json.loads(x)["candidates"]) == 3 for x in lines)

@@ -75,6 +75,9 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Samples per method call.")] = 16,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
+    proposals: Annotated[str | None, typer.Option(
+        help="Proposer for proposal-based methods (gt, owlvit, grounding-dino, detr, yolo); "
+             "same as -o proposals=NAME.")] = None,
     option: Annotated[list[str], typer.Option(
         "--option", "-o", help="Method option key=value (repeatable).")] = [],  # noqa: B006
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -93,6 +96,8 @@ def eval_command(
                           f"first: {split_data.skipped[0]}[/yellow]")
     samples = split_data.samples[:limit] if limit is not None else split_data.samples
     options = parse_options(option)
+    if proposals is not None:
+        options["proposals"] = proposals
     run_method = build_method(method, **options)
     run_method.prepare(DatasetInfo(data, dataset, split_by, images))
     run_info = {"method": method, "options": options, "dataset": dataset, "split_by": split_by,
