@@ -39,6 +39,7 @@ from refground.errors import (
     ModelLoadError,
     RefgroundError,
 )
+from refground.vision.loading import check_tokenizer_vocab, check_weights_loaded
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
     pil_to_tensor,
@@ -72,7 +73,6 @@ _OPENCLIP_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin",
                    "open_clip_model.safetensors")
 
 #: Fewer tokens than this cannot be a real tokenizer; transformers 5's empty fallback has 2.
-MIN_TOKENIZER_VOCAB = 16
 _PROBE_TEXT = "a photo of a cat"
 _CACHE_FORMAT = "refground-clip-text-features-v1"
 
@@ -226,21 +226,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, text_config: Any, source
     raising when the files are missing), ids within the embedding table, and that the token
     the text model pools at (its ``eos_token_id``) really ends a tokenised text.
     """
-    size = len(tokenizer)
-    model_vocab = int(text_config.vocab_size)
-    if size < MIN_TOKENIZER_VOCAB or size < model_vocab // 2:
-        raise ModelLoadError(
-            f"the tokenizer loaded for {source} has only {size} tokens, but the text model has "
-            f"{model_vocab}: its tokenizer files (tokenizer.json, or vocab.json + merges.txt, "
-            "and tokenizer_config.json) are probably missing, and transformers 5 builds an "
-            "empty tokenizer instead of failing. Save the tokenizer into the model directory "
-            "(tokenizer.save_pretrained(dir))."
-        )
-    if size > model_vocab:
-        raise ModelLoadError(
-            f"the tokenizer for {source} has {size} tokens but the text model's embedding "
-            f"table has {model_vocab}: they do not belong together"
-        )
+    check_tokenizer_vocab(tokenizer, source, int(text_config.vocab_size))
     eos = tokenizer.eos_token_id
     pool_id = text_config.eos_token_id
     ids = list(tokenizer(_PROBE_TEXT)["input_ids"])
@@ -278,20 +264,7 @@ def _load_components(source: ModelSource, dtype: torch.dtype, hub_cache_dir: str
     check_tokenizer(tokenizer, config.text_config, repr(source.name))
     model, info = _load_step("weights", source, lambda: CLIPModel.from_pretrained(
         source.location, dtype=dtype, output_loading_info=True, **hub))
-    missing = sorted(info.get("missing_keys", ()))
-    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
-    if missing or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} weights missing from the checkpoint "
-                            f"({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''})")
-        if mismatched:
-            problems.append(f"{len(mismatched)} with the wrong shape ({', '.join(mismatched[:5])})")
-        raise ModelLoadError(
-            f"the checkpoint of CLIP model {source.name!r} is incomplete: "
-            + "; ".join(problems) + ". transformers would fill them with random values. "
-            "Re-save the full model with save_pretrained, or use the matching config."
-        )
+    check_weights_loaded(info, f"of CLIP model {source.name!r}", "CLIPModel")
     try:
         processor = AutoImageProcessor.from_pretrained(source.location, **hub)
     except (OSError, ValueError) as exc:

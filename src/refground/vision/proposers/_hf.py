@@ -28,6 +28,7 @@ from torch import Tensor
 
 from refground.errors import ConfigError, MissingDependencyError, RefgroundError
 from refground.types import Sample
+from refground.vision.loading import check_weights_loaded
 from refground.vision.proposals import (
     PostProcess,
     Proposals,
@@ -37,7 +38,6 @@ from refground.vision.proposals import (
 )
 
 #: Fewer regular (non-special) tokens than this means the tokenizer files were not found.
-MIN_TOKENIZER_VOCAB = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,34 +137,9 @@ def load_model(model_class: Any, source: str, config: Any, *, strict: bool,
     """
     model, info = load_step("weights", source, lambda: model_class.from_pretrained(
         source, config=config, output_loading_info=True))
-    problems = {kind: sorted(info.get(kind) or ()) for kind in ("missing_keys", "mismatched_keys")}
-    if strict and any(problems.values()):
-        details = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(map(str, keys[:5]))}"
-                            + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-                            for kind, keys in problems.items() if keys)
-        raise ProposerLoadError(
-            f"the checkpoint {source!r} does not provide all weights of "
-            f"{model_class.__name__} ({details}); they would be random. Use a complete "
-            "checkpoint, or pass strict=False if these weights are really unused")
+    if strict:
+        check_weights_loaded(info, repr(source), model_class.__name__, ProposerLoadError)
     return model.to(device).eval()
-
-
-def check_tokenizer(tokenizer: Any, source: str, text_vocab_size: int | None) -> None:
-    """Refuse an empty tokenizer, or one bigger than the model's text embedding table."""
-    size = len(tokenizer)
-    special = set(tokenizer.all_special_tokens)
-    regular = sum(1 for token in tokenizer.get_vocab() if token not in special)
-    if regular < MIN_TOKENIZER_VOCAB:
-        raise ProposerLoadError(
-            f"the tokenizer loaded for {source!r} has only {size} tokens ({regular} besides "
-            "special tokens): its tokenizer files (tokenizer.json, or vocab.json + merges.txt / "
-            "vocab.txt, and tokenizer_config.json) are probably missing - transformers 5 builds "
-            "an empty tokenizer instead of failing. Save the processor into the model directory "
-            "(processor.save_pretrained(dir))")
-    if text_vocab_size is not None and size > text_vocab_size:
-        raise ProposerLoadError(
-            f"the tokenizer for {source!r} has {size} tokens but the model's text embedding has "
-            f"{text_vocab_size}: the tokenizer belongs to another model")
 
 
 class TransformersProposer(ABC):

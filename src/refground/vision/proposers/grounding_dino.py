@@ -26,11 +26,11 @@ from torch import Tensor
 
 from refground import boxes as B
 from refground.errors import ConfigError
-from refground.vision.proposals import PROPOSERS, PostProcess
+from refground.vision.loading import check_tokenizer_vocab
+from refground.vision.proposals import PROPOSERS, PostProcess, ProposerLoadError
 from refground.vision.proposers._hf import (
     RawDetections,
     TransformersProposer,
-    check_tokenizer,
     load_config,
     load_model,
     load_step,
@@ -98,7 +98,8 @@ class GroundingDinoProposer(TransformersProposer):
         self.max_text_len = int(config.max_text_len)
         self.processor: Any = load_step(
             "processor", source, lambda: GroundingDinoProcessor.from_pretrained(source))
-        check_tokenizer(self.processor.tokenizer, source, config.text_config.vocab_size)
+        check_tokenizer_vocab(self.processor.tokenizer, repr(source),
+                              config.text_config.vocab_size, ProposerLoadError)
         self.model: Any = load_model(GroundingDinoForObjectDetection, source, config,
                                      strict=strict, device=self.device)
 

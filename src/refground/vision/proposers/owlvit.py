@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from refground.errors import ConfigError
-from refground.vision.proposals import PROPOSERS, PostProcess
+from refground.vision.loading import check_tokenizer_vocab
+from refground.vision.proposals import PROPOSERS, PostProcess, ProposerLoadError
 from refground.vision.proposers._hf import (
     RawDetections,
     TransformersProposer,
-    check_tokenizer,
     load_config,
     load_model,
     load_step,
@@ -72,7 +72,8 @@ class OwlVitProposer(TransformersProposer):
         processor_class = getattr(transformers, processor_name)
         self.processor: Any = load_step(
             "processor", source, lambda: processor_class.from_pretrained(source))
-        check_tokenizer(self.processor.tokenizer, source, config.text_config.vocab_size)
+        check_tokenizer_vocab(self.processor.tokenizer, repr(source),
+                              config.text_config.vocab_size, ProposerLoadError)
         self.model: Any = load_model(getattr(transformers, model_name), source, config,
                                      strict=strict, device=self.device)
 
