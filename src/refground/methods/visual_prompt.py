@@ -92,6 +92,7 @@ class VisualPrompt(ProposalScoringMethod):
         self.category_prior = category_prior
         self.category_template = category_template
         self.debias_texts: list[str] | None = None
+        self._debias_means: dict[int, Tensor] = {}  # per encoder, mean debias text feature
         if debias and debias_file is not None:
             with open(debias_file, encoding="utf-8") as stream:
                 lines = [line.strip() for line in stream if line.strip()]
@@ -102,7 +103,7 @@ class VisualPrompt(ProposalScoringMethod):
     def set_debias_expressions(self, expressions: Sequence[str]) -> None:
         """Use (a seeded sample of at most ``debias`` of) these expressions for debiasing."""
         self.debias_texts = sample_debias_expressions(expressions, self.debias, self.debias_seed)
-        self._debias_means: dict[int, Tensor] = {}
+        self._debias_means = {}
 
     def prepare(self, info: DatasetInfo) -> None:
         """Draw debias expressions from the benchmark's train split (never the eval split)."""
