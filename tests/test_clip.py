@@ -367,9 +367,9 @@ def test_missing_preprocessor_config_falls_back_to_clip_defaults(tiny_dir: Path,
 # --- preprocessing ----------------------------------------------------------------------------
 
 def test_tensor_preprocessing_matches_the_hf_image_processor() -> None:
-    from refground.vision.tiny_clip import _clip_image_processor
+    from refground.vision.tiny_clip import clip_image_processor
 
-    processor = _clip_image_processor(224)
+    processor = clip_image_processor(224)
     config = ClipPreprocessConfig.from_image_processor(processor)
     assert config == ClipPreprocessConfig()  # OpenAI CLIP: 224, its mean and std
     rng = np.random.default_rng(0)

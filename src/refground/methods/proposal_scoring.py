@@ -29,10 +29,9 @@ from refground.vision.shipped import SHIPPED_CLIP, load_clip
 
 @dataclass(frozen=True)
 class ScoringItem:
-    """One sample ready for scoring: its image (PIL and ``(3, H, W)`` float) and proposals."""
+    """One sample ready for scoring: its image as ``(3, H, W)`` float in [0, 1], and proposals."""
 
     sample: Sample
-    image: Image.Image
     pixels: Tensor
     proposals: Proposals
 
@@ -74,7 +73,7 @@ class ProposalScoringMethod(Method):
         images = [decoded[sample.image_path][0] for sample in samples]
         proposals = self.proposer.propose(images, samples)
         return [
-            ScoringItem(sample, *decoded[sample.image_path], props)
+            ScoringItem(sample, decoded[sample.image_path][1], props)
             for sample, props in zip(samples, proposals, strict=True)
         ]
 

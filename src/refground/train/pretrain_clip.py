@@ -43,7 +43,7 @@ from refground.vision.clip import ClipEncoder
 from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
 from refground.vision.prompts import PromptStyle, render_views
 from refground.vision.shipped import DEBIAS_FILE
-from refground.vision.tiny_clip import build_tiny_clip, save_clip
+from refground.vision.tiny_clip import build_tiny_clip, clip_image_processor, save_clip
 
 VIEW_PREFIX = "This is "
 
@@ -124,16 +124,6 @@ def jittered_crop(pixels: Tensor, box: BoxTuple, margin: float, rng: random.Rand
     right = min(width, max(left + 1, math.ceil(x1 + pad_x)))
     bottom = min(height, max(top + 1, math.ceil(y1 + pad_y)))
     return pixels[:, top:bottom, left:right]
-
-
-def squash_processor(image_size: int) -> object:
-    """A CLIP image processor that resizes to a square without cropping."""
-    try:
-        from transformers import CLIPImageProcessorPil as processor_class
-    except ImportError:  # transformers without the PIL-named class
-        from transformers import CLIPImageProcessor as processor_class
-    return processor_class(size={"height": image_size, "width": image_size},
-                           do_center_crop=False)
 
 
 class ImageCache:
@@ -234,7 +224,7 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
         num_layers=config.num_layers, num_heads=config.num_heads,
         projection_dim=config.projection_dim, max_length=config.max_length, vocab_size=2000,
         seed=config.seed)
-    processor = squash_processor(config.image_size)
+    processor = clip_image_processor(config.image_size, center_crop=False)
     preprocess = ClipPreprocessConfig.from_image_processor(processor)
     style = PromptStyle()
     model.train()

@@ -676,9 +676,9 @@ def _as_int(value: int | Sequence[int]) -> int:
 
 
 def _default_image_processor(image_size: int) -> Any:
-    from refground.vision.tiny_clip import _clip_image_processor
+    from refground.vision.tiny_clip import clip_image_processor
 
-    return _clip_image_processor(image_size)
+    return clip_image_processor(image_size)
 
 
 def _to_tensor(image: ImageLike, index: int) -> Tensor:

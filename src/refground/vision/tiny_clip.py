@@ -154,9 +154,11 @@ def train_clip_tokenizer(texts: Iterable[str] = DEFAULT_CORPUS, vocab_size: int 
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def _clip_image_processor(image_size: int) -> Any:
+def clip_image_processor(image_size: int, center_crop: bool = True) -> Any:
     """A CLIP image processor for ``image_size`` squares, without needing torchvision.
 
+    ``center_crop``: OpenAI's preprocessing (shorter side to ``image_size``, then a centred
+    crop); otherwise the whole image is squashed to the square, so nothing at its edges is cut.
     transformers 5 names the PIL implementation ``CLIPImageProcessorPil``; both save the same
     ``preprocessor_config.json`` (``image_processor_type: CLIPImageProcessor``), so a loader
     picks whichever backend it has.
@@ -165,6 +167,9 @@ def _clip_image_processor(image_size: int) -> Any:
         from transformers import CLIPImageProcessorPil as processor_class
     except ImportError:  # transformers 4.x
         from transformers import CLIPImageProcessor as processor_class
+    if not center_crop:
+        return processor_class(size={"height": image_size, "width": image_size},
+                               do_center_crop=False)
     return processor_class(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -237,7 +242,7 @@ def build_tiny_clip(
         torch.manual_seed(seed)
         model = CLIPModel(config)
     model.eval()
-    return TinyClip(model, tokenizer, _clip_image_processor(image_size))
+    return TinyClip(model, tokenizer, clip_image_processor(image_size))
 
 
 def save_clip(directory: str | Path, model: CLIPModel, tokenizer: PreTrainedTokenizerBase,
