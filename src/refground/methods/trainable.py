@@ -1,0 +1,246 @@
+"""What a method must add to be trainable: a module, a collate, a loss and a decoder.
+
+The Trainer (``refground.train``) knows nothing about any model. It drives a
+:class:`TrainableMethod` through four parts:
+
+* ``collator()`` -- a small picklable callable ``samples -> Batch`` that loads and resizes the
+  images and tokenizes the texts. It runs in DataLoader worker processes, so it must not hold
+  the model.
+* ``model`` -- the ``nn.Module``; ``model(batch)`` returns the method's raw outputs.
+* ``loss(batch, outputs)`` -- a dict of scalar tensors; ``"loss"`` is optimised, the other
+  entries are logged.
+* ``decode(batch, outputs)`` -- ``(boxes, scores)``: one normalised ``cxcywh`` box in [0, 1]
+  per sample and its confidence. ``predict`` turns it into pixel boxes, so evaluation goes
+  through the same code as every other method.
+
+Checkpoints are a directory with ``method.json`` (name + options) and ``model.safetensors``.
+Frozen pretrained parts (a CLIP tower) are not copied into it: they are rebuilt from the
+options, which name them, and ``frozen_prefixes`` says which weights those are.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from refground import boxes as B
+from refground.errors import ConfigError, ModelLoadError
+from refground.images import load_image
+from refground.methods.base import Method
+from refground.types import Prediction, Sample
+
+Batch = dict[str, Any]
+METHOD_FILE = "method.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class MethodConfig(BaseModel):
+    """Base of every trainable method's options; unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+MethodT = TypeVar("MethodT", bound="TrainableMethod")
+
+
+def parse_config(config_type: type[ConfigT], options: Mapping[str, Any], what: str) -> ConfigT:
+    """Validate options into a config, turning pydantic's report into a :class:`ConfigError`."""
+    try:
+        return config_type(**options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid options for {what}: {problems}") from None
+
+
+def image_tensor(sample: Sample, size: int) -> Tensor:
+    """The sample's image squashed to ``size x size``, float in [0, 1], ``(3, size, size)``.
+
+    Squashing (not cropping) keeps every object in view; boxes are predicted normalised to the
+    image, so the aspect change is undone when they are scaled back to pixels.
+    """
+    image = load_image(sample.image_path).resize((size, size), resample=3)  # bicubic
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(size, size, 3).permute(2, 0, 1).float().div_(255.0)
+
+
+def target_boxes(samples: Sequence[Sample]) -> Tensor | None:
+    """Normalised ``cxcywh`` gt boxes ``(B, 4)``, or ``None`` when any sample has no gt box."""
+    if any(s.gt_box is None for s in samples):
+        return None
+    xyxy = torch.tensor([s.gt_box for s in samples], dtype=torch.float32)
+    sizes = image_sizes(samples)
+    return B.xyxy_to_cxcywh(B.normalize(xyxy, sizes[:, 0], sizes[:, 1]))
+
+
+def image_sizes(samples: Sequence[Sample]) -> Tensor:
+    """``(B, 2)`` (width, height) of each sample's image in pixels."""
+    return torch.tensor([(s.width, s.height) for s in samples], dtype=torch.float32)
+
+
+def move_batch(batch: Batch, device: torch.device | str) -> Batch:
+    """Tensors of a batch moved to ``device``; everything else left as is."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+            for k, v in batch.items()}
+
+
+class TrainableMethod(Method):
+    """A method whose predictions come from an ``nn.Module`` trained with ``refground train``."""
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[MethodConfig]]
+    frozen_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MethodConfig, model: nn.Module,
+                 device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.model = model
+        self.device = torch.device(device)
+        self.model.to(self.device)
+
+    # --- what each method supplies ------------------------------------------------------------
+
+    @abstractmethod
+    def collator(self) -> Callable[[Sequence[Sample]], Batch]:
+        """A picklable ``samples -> Batch``; ``Batch["target"]`` holds ``target_boxes``."""
+
+    @abstractmethod
+    def loss(self, batch: Batch, outputs: Any) -> dict[str, Tensor]:
+        """Scalar losses; ``"loss"`` is the one optimised (a mean over the batch)."""
+
+    @abstractmethod
+    def decode(self, batch: Batch, outputs: Any) -> tuple[Tensor, Tensor]:
+        """``(B, 4)`` normalised cxcywh boxes and ``(B,)`` scores, one per sample."""
+
+    # --- shared behaviour ---------------------------------------------------------------------
+
+    def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
+        if not samples:
+            return []
+        batch = move_batch(self.collator()(samples), self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                boxes_norm, scores = self.decode(batch, self.model(batch))
+        finally:
+            self.model.train(was_training)
+        return predictions_from_normalized(samples, boxes_norm, scores)
+
+    def state_to_save(self) -> dict[str, Tensor]:
+        """The model's weights without the frozen pretrained parts (rebuilt from options)."""
+        return {k: v for k, v in self.model.state_dict().items()
+                if not k.startswith(self.frozen_prefixes)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``method.json`` and ``model.safetensors``; ``from_pretrained`` reads them."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_to_save().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        (directory / METHOD_FILE).write_text(json.dumps(
+            {"method": self.name, "options": self.config.model_dump(mode="json")}, indent=2))
+        return directory
+
+    def load_weights(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Load saved weights, insisting that every non-frozen weight is present and fits."""
+        expected = self.state_to_save()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{source} does not match a {self.name} model with these options: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+                f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise ModelLoadError(f"{source}: weight {key} has shape {tuple(value.shape)}, "
+                                     f"the model expects {tuple(expected[key].shape)}")
+        self.model.load_state_dict(dict(state), strict=False)
+
+    @classmethod
+    def from_options(cls: type[MethodT], options: Mapping[str, Any],
+                     device: str | torch.device = "cpu") -> MethodT:
+        """A freshly initialised method from (validated) options."""
+        return cls.build(parse_config(cls.config_type, options, cls.name), device)
+
+    @classmethod
+    @abstractmethod
+    def build(cls: type[MethodT], config: Any, device: str | torch.device = "cpu") -> MethodT:
+        """Construct the method (and its randomly initialised model) from a config."""
+
+    @classmethod
+    def from_pretrained(cls: type[MethodT], directory: str | Path,
+                        device: str | torch.device = "cpu") -> MethodT:
+        """Load a directory written by :meth:`save_pretrained` (or a Trainer checkpoint)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        spec = read_method_file(directory)
+        if spec["method"] != cls.name:
+            raise ModelLoadError(f"{directory} holds a {spec['method']!r} model, not {cls.name!r}")
+        method = cls.from_options(spec["options"], device)
+        try:
+            state = load_file(str(directory / WEIGHTS_FILE))
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"cannot read weights {directory / WEIGHTS_FILE}: {exc}") from exc
+        method.load_weights(state, str(directory / WEIGHTS_FILE))
+        return method
+
+
+def read_method_file(directory: Path) -> dict[str, Any]:
+    """``method.json`` of a saved method, checked for the two keys it must have."""
+    path = directory / METHOD_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} is not a saved refground model: {METHOD_FILE} missing")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("method"), str) or not isinstance(
+            spec.get("options"), dict):
+        raise ModelLoadError(f"{path} must hold {{'method': name, 'options': {{...}}}}")
+    return spec
+
+
+def predictions_from_normalized(samples: Sequence[Sample], boxes_norm: Tensor,
+                                scores: Tensor) -> list[Prediction]:
+    """Scale normalised cxcywh boxes back to each image's pixels, clipped to the image."""
+    boxes_norm = boxes_norm.detach().float().cpu().clamp(0.0, 1.0)
+    sizes = image_sizes(samples)
+    xyxy = B.denormalize(B.cxcywh_to_xyxy(boxes_norm), sizes[:, 0], sizes[:, 1])
+    xyxy = torch.minimum(torch.maximum(xyxy, torch.zeros(4)), sizes.repeat(1, 2))
+    # a box of negative width after rounding would be "inverted": collapse it instead
+    xyxy[:, 2:] = torch.maximum(xyxy[:, 2:], xyxy[:, :2])
+    return [Prediction(s.sample_id, B.to_tuple(box), float(score))
+            for s, box, score in zip(samples, xyxy, scores.detach().float().cpu(), strict=True)]
+
+
+def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
+    """The registry factory of a trainable method: ``checkpoint=DIR`` loads, else builds new."""
+
+    def factory(checkpoint: str | Path | None = None, device: str = "cpu",
+                **options: Any) -> MethodT:
+        if checkpoint is not None:
+            if options:
+                raise ConfigError(
+                    f"{cls.name}: options {sorted(options)} cannot be combined with checkpoint=; "
+                    "the checkpoint's method.json fixes them")
+            return cls.from_pretrained(checkpoint, device)
+        return cls.from_options(options, device)
+
+    factory.__doc__ = f"Build a {cls.name} method (``checkpoint=`` loads a trained one)."
+    return factory
