@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from refground.errors import ConfigError, RefgroundError
+
+if TYPE_CHECKING:
+    from refground.train.config import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -129,6 +132,55 @@ def pretrain_clip_command(
                             eval_every=eval_every)
     summary = pretrain_clip(data, out, config, log=console.print)
     console.print(f"saved to {out} after {summary['seconds']} s")
+
+
+def _load_train_config(config: Path, overrides: list[str]) -> TrainConfig:
+    from refground.train.config import load_config, parse_override
+
+    return load_config(config, dict(parse_override(pair) for pair in overrides))
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="Training YAML (see configs/).")],
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in the config's out directory from checkpoints/last.")] = False,
+    override: Annotated[list[str], typer.Option(
+        "--set", help="Override a config value: section.key=value (repeatable).")] = [],  # noqa: B006
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a trainable method (regressor, detr); multi-process with `accelerate launch`."""
+    from refground.evaluate.table import comparison_table
+    from refground.train.trainer import Trainer
+
+    train_config = _load_train_config(config, override)
+    trainer = Trainer(train_config, progress=progress, log=console.print)
+    summary = trainer.fit(resume=resume)
+    if trainer.accelerator.is_main_process and summary.last_metrics is not None:
+        console.print(comparison_table({train_config.method: summary.last_metrics},
+                                       title=f"{train_config.data.val_split} after "
+                                             f"{summary.steps} steps"))
+        console.print(f"best val {summary.best_metric:.4f} at step {summary.best_step}; "
+                      f"{summary.train_samples_per_second} samples/s on {summary.processes} "
+                      f"process(es); {summary.bad_steps} skipped steps; checkpoints in "
+                      f"{train_config.out / 'checkpoints'} (evaluate with -o checkpoint=...)")
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Option(help="Training YAML with a tune: section.")],
+    trials: Annotated[int | None, typer.Option(help="Total trials [tune.trials].")] = None,
+    override: Annotated[list[str], typer.Option(
+        "--set", help="Override a config value: section.key=value (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Search hyperparameters with Optuna (SQLite study, resumable, median pruning)."""
+    from refground.train.tune import tune as run_tune
+
+    result = run_tune(_load_train_config(config, override), trials, log=console.print)
+    console.print(f"best {result.best_value:.4f} with {json.dumps(result.best_params)}"
+                  + (f" (starting config: {result.baseline_value:.4f})"
+                     if result.baseline_value is not None else ""))
+    console.print(f"best config written to {result.best_config}; study in {result.storage}")
 
 
 DEMO_METHODS = ("oracle", "center", "largest", "crop-rank", "visual-prompt")

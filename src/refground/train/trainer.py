@@ -244,7 +244,7 @@ class Trainer:
         _reset_single_process_state()
         self.accelerator = Accelerator(
             mixed_precision=loop.mixed_precision, cpu=loop.device == "cpu",
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
         set_seed(loop.seed)
         self.plan = StepPlan(loop.batch_size, loop.grad_accum, self.accelerator.num_processes,
                              self.accelerator.process_index)
