@@ -185,6 +185,7 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     verify_checkpoint(directory)
-    tensors = load_file(str(directory / TRAINER_TENSORS))
+    # copies, not views of the memory-mapped file, which a later save replaces
+    tensors = {k: v.clone() for k, v in load_file(str(directory / TRAINER_TENSORS)).items()}
     skeleton = json.loads((directory / TRAINER_JSON).read_text(encoding="utf-8"))
     return join_state(skeleton, tensors)

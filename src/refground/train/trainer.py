@@ -99,9 +99,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The per-step learning-rate schedule; ``onecycle`` peaks at ``optim.lr``."""
     if optim.schedule == "onecycle":
+        total = max(total_steps, 4)  # each phase needs at least two steps
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=optim.lr, total_steps=max(total_steps, 2),
-            pct_start=max(optim.warmup_fraction, 1e-3))
+            optimizer, max_lr=optim.lr, total_steps=total,
+            pct_start=min(max(optim.warmup_fraction, 2 / total), 0.5))
     if optim.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, optim.step_every, optim.gamma)
     warmup = int(optim.warmup_fraction * total_steps)

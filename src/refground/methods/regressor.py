@@ -1,0 +1,321 @@
+"""``regressor``: regress one box from CLIP image/text maps fused with an HRNet image branch.
+
+The design of the "CLIP + HRNet" report: CLIP gives *what* (the expression and image
+semantics, in a shared space), a small HRNet gives *where* (high-resolution image features).
+Three maps on one ``grid x grid`` lattice are concatenated:
+
+* CLIP image features -- the vision tower's patch tokens on their own grid, resized to
+  ``grid`` (``clip_map="patches"``), or the projected image embedding tiled (``"pooled"``) --
+  reduced to ``clip_channels`` by a 1x1 conv;
+* the CLIP text embedding (EOS-pooled and projected) tiled over the grid, reduced the same way;
+* the HRNet features of the image at ``cnn_image_size``, reduced to ``cnn_channels``.
+
+Two 3x3 convs (norm, ReLU) and global average pooling turn them into a ``fused_dim`` vector;
+an MLP with dropout predicts a normalised ``cxcywh`` box through a sigmoid. Training minimises
+smooth-L1 (Huber) on the normalised box plus ``giou_weight`` times the GIoU loss.
+
+One addition to the report's design, on by default: ``coord_maps`` appends two channels
+holding each cell's x and y in [-1, 1]. Global pooling otherwise throws away *where* a feature
+fired; with coordinates the convs can compute position-weighted features that survive it.
+``coord_maps=False`` gives the report's architecture exactly.
+
+The CLIP is frozen by default (not trained, kept in eval mode, run without autograd) and then
+not saved in checkpoints: ``clip`` names it and it is reloaded from there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from refground import boxes as B
+from refground.errors import ConfigError
+from refground.images import load_image
+from refground.methods.base import METHODS
+from refground.methods.trainable import (
+    Batch,
+    MethodConfig,
+    TrainableMethod,
+    image_sizes,
+    target_boxes,
+    trainable_factory,
+)
+from refground.types import Sample
+from refground.vision.clip import ClipEncoder, CLIPModel
+from refground.vision.hrnet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TIMM_PREFIX,
+    build_cnn_branch,
+    conv_norm_relu,
+    resample,
+)
+from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
+from refground.vision.shipped import SHIPPED_CLIP, resolve_clip_name
+
+
+class RegressorConfig(MethodConfig):
+    """Options of ``regressor`` (all saved in ``method.json``; unknown names are an error)."""
+
+    clip: str = SHIPPED_CLIP
+    freeze_clip: bool = True
+    clip_map: Literal["patches", "pooled"] = "patches"
+    grid: int = Field(14, ge=1, le=64)
+    cnn_backbone: str = "hrnet"
+    cnn_image_size: int = Field(224, ge=16, le=2048)
+    hrnet_widths: tuple[int, ...] = (16, 32, 64)
+    hrnet_blocks: int = Field(2, ge=1, le=8)
+    clip_channels: int = Field(128, ge=1)
+    cnn_channels: int = Field(64, ge=1)
+    fused_dim: int = Field(256, ge=1)
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    norm: Literal["batch", "group"] = "batch"
+    coord_maps: bool = True
+    huber_delta: float = Field(0.1, gt=0.0)
+    giou_weight: float = Field(1.0, ge=0.0)
+
+    @field_validator("hrnet_widths")
+    @classmethod
+    def _widths(cls, widths: tuple[int, ...]) -> tuple[int, ...]:
+        if not 2 <= len(widths) <= 4 or min(widths) < 1:
+            raise ValueError("give 2 to 4 positive branch widths (1/4, 1/8, 1/16, 1/32)")
+        return widths
+
+    @field_validator("cnn_backbone")
+    @classmethod
+    def _backbone(cls, backbone: str) -> str:
+        if backbone != "hrnet" and not (backbone.startswith(TIMM_PREFIX)
+                                        and len(backbone) > len(TIMM_PREFIX)):
+            raise ValueError("must be 'hrnet' or 'timm:<model name>'")
+        return backbone
+
+
+# --- the batch --------------------------------------------------------------------------------
+
+def squash_config(size: int, mean: Sequence[float], std: Sequence[float]) -> ClipPreprocessConfig:
+    """Preprocessing that squashes the whole image to ``size x size`` (no crop) and normalises.
+
+    A crop would cut off objects at the image's edges, and boxes are predicted normalised to
+    the whole image, so the aspect change is undone when they are scaled back to pixels.
+    """
+    m0, m1, m2 = (float(v) for v in mean)
+    s0, s1, s2 = (float(v) for v in std)
+    return ClipPreprocessConfig(shortest_edge=None, resize_to=(size, size), crop_size=None,
+                                image_mean=(m0, m1, m2), image_std=(s0, s1, s2))
+
+
+@dataclass(frozen=True, eq=False)
+class RegressorCollator:
+    """``samples -> Batch`` for :class:`RegressorModel`; picklable, holds no model.
+
+    Each distinct image is decoded once per batch and resized twice: to the CLIP's input size
+    with the CLIP's statistics, and to the CNN's with ImageNet's.
+    """
+
+    tokenizer: Any
+    max_length: int
+    clip_preprocess: ClipPreprocessConfig
+    cnn_preprocess: ClipPreprocessConfig
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        decoded: dict[Path, Tensor] = {}
+        images = []
+        for sample in samples:
+            if sample.image_path not in decoded:
+                decoded[sample.image_path] = pil_to_tensor(load_image(sample.image_path))
+            images.append(decoded[sample.image_path])
+        tokens = self.tokenizer([s.expression for s in samples], padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        batch: Batch = {
+            "clip_pixels": preprocess_tensor(images, self.clip_preprocess),
+            "cnn_pixels": preprocess_tensor(images, self.cnn_preprocess),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "size": image_sizes(samples),
+        }
+        target = target_boxes(samples)
+        if target is not None:
+            batch["target"] = target
+        return batch
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def coordinate_maps(batch: int, grid: int, like: Tensor) -> Tensor:
+    """``(batch, 2, grid, grid)``: each cell centre's x and y in [-1, 1]."""
+    centres = (torch.arange(grid, device=like.device, dtype=like.dtype) + 0.5) / grid * 2 - 1
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack((xs, ys)).unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def to_grid(x: Tensor, grid: int) -> Tensor:
+    """A ``(B, C, n, n)`` map on ``grid x grid``: a ``1 x 1`` one (an embedding) is tiled."""
+    if x.shape[-2:] == (1, 1):
+        return x.expand(-1, -1, grid, grid)
+    return resample(x, grid)
+
+
+class RegressorModel(nn.Module):
+    """``model(batch) -> {"boxes": (B, 4)}``, normalised cxcywh in [0, 1], float32."""
+
+    def __init__(self, config: RegressorConfig, clip: CLIPModel) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = clip
+        self.grid = config.grid
+        vision = clip.config.vision_config
+        image_dim = (int(vision.hidden_size) if config.clip_map == "patches"
+                     else int(clip.visual_projection.out_features))
+        text_dim = int(clip.text_projection.out_features)
+        self.image_reduce = nn.Conv2d(image_dim, config.clip_channels, 1)
+        self.text_reduce = nn.Conv2d(text_dim, config.clip_channels, 1)
+        self.cnn = build_cnn_branch(config.cnn_backbone, widths=config.hrnet_widths,
+                                    blocks=config.hrnet_blocks, out_size=config.grid,
+                                    out_channels=config.cnn_channels, norm=config.norm)
+        fused_in = 2 * config.clip_channels + config.cnn_channels + 2 * config.coord_maps
+        self.fuse = nn.Sequential(
+            conv_norm_relu(fused_in, config.fused_dim, config.norm),
+            conv_norm_relu(config.fused_dim, config.fused_dim, config.norm, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(config.fused_dim, config.hidden), nn.ReLU(),
+                                  nn.Dropout(config.dropout), nn.Linear(config.hidden, 4))
+        self._freeze_clip_parts()
+
+    def _freeze_clip_parts(self) -> None:
+        """Frozen: the whole CLIP. Trained: all but the parts this model never uses.
+
+        Unused trainable parameters (``logit_scale``; ``visual_projection`` with patch maps)
+        would get no gradient, which DDP reports as an error.
+        """
+        if self.config.freeze_clip:
+            self.clip.requires_grad_(False)
+            self.clip.eval()
+            return
+        self.clip.logit_scale.requires_grad_(False)
+        if self.config.clip_map == "patches":
+            self.clip.visual_projection.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> RegressorModel:
+        """As ``nn.Module.train``, but a frozen CLIP stays in eval mode."""
+        super().train(mode)
+        if self.config.freeze_clip:
+            self.clip.eval()
+        return self
+
+    def clip_features(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """CLIP image map ``(B, C, n, n)`` (``n = 1`` when pooled) and text map ``(B, D, 1, 1)``.
+
+        Embeddings are L2-normalised (CLIP compares them by cosine, so their length carries no
+        meaning); patch tokens go through the vision tower's final layer norm, as CLS does.
+        """
+        clip = self.clip
+        dtype = clip.text_projection.weight.dtype
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_clip):
+            vision = clip.vision_model(pixel_values=batch["clip_pixels"].to(dtype))
+            if self.config.clip_map == "patches":
+                tokens = clip.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+                side = math.isqrt(tokens.shape[1])
+                image = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+            else:
+                pooled = clip.visual_projection(vision.pooler_output)
+                image = F.normalize(pooled.float(), dim=-1)[:, :, None, None]
+            text = clip.text_model(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).pooler_output
+            text = F.normalize(clip.text_projection(text).float(), dim=-1)[:, :, None, None]
+        return image.float(), text
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        image, text = self.clip_features(batch)
+        size = image.shape[0]
+        grid = self.grid
+        maps = [
+            to_grid(self.image_reduce(image), grid),
+            to_grid(self.text_reduce(text), grid),
+            self.cnn(batch["cnn_pixels"]),
+        ]
+        if self.config.coord_maps:
+            maps.append(coordinate_maps(size, grid, maps[-1]))
+        dtype = maps[-1].dtype  # all maps in one dtype (autocast may make some bf16)
+        fused = self.fuse(torch.cat([m.to(dtype) for m in maps], dim=1))
+        return {"boxes": self.head(fused).float().sigmoid()}
+
+
+# --- the loss ---------------------------------------------------------------------------------
+
+def regression_loss(pred: Tensor, target: Tensor, *, huber_delta: float,
+                    giou_weight: float) -> dict[str, Tensor]:
+    """Smooth-L1 on normalised cxcywh (mean over coordinates) + weighted GIoU loss.
+
+    ``"giou"`` is the GIoU *loss* ``mean(1 - GIoU)``, so ``loss = huber + weight * giou``.
+    """
+    pred = pred.float()
+    target = target.float().to(pred.device)
+    huber = F.smooth_l1_loss(pred, target, beta=huber_delta)
+    giou = (1.0 - B.giou(B.cxcywh_to_xyxy(pred), B.cxcywh_to_xyxy(target))).mean()
+    return {"loss": huber + giou_weight * giou, "huber": huber, "giou": giou}
+
+
+# --- the method -------------------------------------------------------------------------------
+
+class RegressorMethod(TrainableMethod):
+    """One box per expression, regressed by :class:`RegressorModel`; score is always 1."""
+
+    name = "regressor"
+    config_type = RegressorConfig
+    frozen_prefixes = ("clip.",)
+    config: RegressorConfig
+
+    def __init__(self, config: RegressorConfig, model: RegressorModel,
+                 device: str | torch.device = "cpu", *, collate: RegressorCollator) -> None:
+        super().__init__(config, model, device)
+        self._collate = collate
+
+    @classmethod
+    def build(cls, config: RegressorConfig, device: str | torch.device = "cpu"
+              ) -> RegressorMethod:
+        encoder = ClipEncoder.from_pretrained(resolve_clip_name(config.clip))
+        model = RegressorModel(config, encoder.model)
+        clip_preprocess = encoder.preprocess_config
+        collate = RegressorCollator(
+            tokenizer=encoder.tokenizer,
+            max_length=encoder.max_length,
+            clip_preprocess=squash_config(encoder.image_size, clip_preprocess.image_mean,
+                                          clip_preprocess.image_std),
+            cnn_preprocess=squash_config(config.cnn_image_size, IMAGENET_MEAN, IMAGENET_STD),
+        )
+        return cls(config, model, device, collate=collate)
+
+    def state_to_save(self) -> dict[str, Tensor]:
+        """Frozen CLIP: everything but ``clip.*``. Fine-tuned CLIP: everything."""
+        if self.config.freeze_clip:
+            return super().state_to_save()
+        return dict(self.model.state_dict())
+
+    def collator(self) -> RegressorCollator:
+        return self._collate
+
+    def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "target" not in batch:
+            raise ConfigError("regressor: the batch has no 'target'; training needs samples "
+                              "with ground-truth boxes")
+        return regression_loss(outputs["boxes"], batch["target"],
+                               huber_delta=self.config.huber_delta,
+                               giou_weight=self.config.giou_weight)
+
+    def decode(self, batch: Batch, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        boxes = outputs["boxes"]
+        return boxes, torch.ones(boxes.shape[0], device=boxes.device)
+
+
+METHODS.register("regressor")(trainable_factory(RegressorMethod))
