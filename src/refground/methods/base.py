@@ -48,6 +48,8 @@ METHODS: Registry[Method] = Registry(
         "refground.methods.heuristics",
         "refground.methods.crop_rank",
         "refground.methods.visual_prompt",
+        "refground.methods.regressor",
+        "refground.methods.detr",
     ),
 )
 
