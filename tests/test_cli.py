@@ -73,3 +73,44 @@ def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path) -> Non
                               str(synth_root), "--method", "centre"],
                              capture_output=True, text=True, check=False)
     assert unknown.returncode == 2 and "Did you mean 'center'" in unknown.stderr
+
+
+@pytest.mark.parametrize("method", ["regressor", "detr"])
+def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: Path) -> None:
+    """configs/<method>.yaml, shrunk by --set overrides, trains from the CLI; the checkpoint
+    evaluates through `refground eval -o checkpoint=` to the numbers the Trainer reported."""
+    import yaml
+
+    from refground.vision.tiny_clip import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    shrink = {
+        "regressor": {"cnn_image_size": 32, "grid": 4, "hrnet_widths": [4, 8], "clip_channels": 8,
+                      "cnn_channels": 8, "fused_dim": 16, "hidden": 16, "clip": str(clip)},
+        "detr": {"image_size": 32, "backbone_widths": [8, 16], "d_model": 16, "ffn": 32,
+                 "queries": 4, "encoder_layers": 1, "decoder_layers": 1,
+                 "text_model": str(clip)},
+    }[method]
+    out = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{method}.yaml"
+    sets = [f"options.{k}={json.dumps(v)}" for k, v in shrink.items()]
+    sets += [f"data.root={synth_root}", f"out={out}", "train.epochs=1", "train.batch_size=8",
+             "train.num_workers=0", "data.train_limit=32", "data.val_limit=12",
+             "train.device=cpu"]
+    args = ["train", "--config", str(config), "--no-progress"]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "best val" in result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["options"]["clip" if method == "regressor" else "text_model"] == str(clip)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 32 // 8
+    metrics = run_eval(synth_root, method, tmp_path / "eval", "--split", "val", "--limit", "12",
+                       "-o", f"checkpoint={out / 'checkpoints' / 'last'}")
+    assert metrics["n"] == summary["last_metrics"]["n"] > 0
+    assert metrics["miou"] == pytest.approx(summary["last_metrics"]["miou"], abs=1e-6)
+    # resuming a finished run is a no-op that keeps the weights
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
