@@ -3,6 +3,8 @@
 Every message says what was wrong *and* what to change; the CLI prints it without a traceback.
 """
 
+from typing import Any
+
 
 class RefgroundError(Exception):
     """Base class of every error refground raises deliberately."""
@@ -41,3 +43,9 @@ class ModelLoadError(RefgroundError):
 
 class MissingDependencyError(RefgroundError, ImportError):
     """An optional extra is needed for this feature but is not installed."""
+
+
+def validation_problems(exc: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+                     for err in exc.errors())

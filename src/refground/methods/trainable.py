@@ -31,10 +31,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from refground import boxes as B
-from refground.errors import ConfigError, ModelLoadError
+from refground.errors import ConfigError, ModelLoadError, validation_problems
 from refground.images import load_image
 from refground.methods.base import Method
 from refground.types import Prediction, Sample
+from refground.vision.preprocess import pil_to_tensor
 
 Batch = dict[str, Any]
 METHOD_FILE = "method.json"
@@ -56,11 +57,7 @@ def parse_config(config_type: type[ConfigT], options: Mapping[str, Any], what: s
     try:
         return config_type(**options)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid options for {what}: {problems}") from None
+        raise ConfigError(f"invalid options for {what}: {validation_problems(exc)}") from None
 
 
 def image_tensor(sample: Sample, size: int) -> Tensor:
@@ -70,8 +67,7 @@ def image_tensor(sample: Sample, size: int) -> Tensor:
     image, so the aspect change is undone when they are scaled back to pixels.
     """
     image = load_image(sample.image_path).resize((size, size), resample=3)  # bicubic
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(size, size, 3).permute(2, 0, 1).float().div_(255.0)
+    return pil_to_tensor(image).float().div_(255.0)
 
 
 def target_boxes(samples: Sequence[Sample]) -> Tensor | None:

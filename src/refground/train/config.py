@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from refground.errors import ConfigError
+from refground.errors import ConfigError, validation_problems
 
 
 class _Strict(BaseModel):
@@ -114,11 +114,6 @@ class TrainConfig(_Strict):
         return self.model_dump(mode="json", exclude={"out", "tune"})
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-                     for err in exc.errors())
-
-
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A copy of ``data`` with ``a.b.c = value`` (intermediate dicts created as needed)."""
     result = copy.deepcopy(data)
@@ -150,7 +145,7 @@ def build_config(data: dict[str, Any], overrides: dict[str, Any] | None = None,
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_problems(exc)}") from None
+        raise ConfigError(f"{source}: {validation_problems(exc)}") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
