@@ -96,6 +96,9 @@ class TrainableMethod(Method):
     name: ClassVar[str]
     config_type: ClassVar[type[MethodConfig]]
     frozen_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Options that change how inputs are prepared, not the weights' shapes: a loaded
+    #: checkpoint may be run with other values (e.g. another proposer at test time).
+    inference_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: MethodConfig, model: nn.Module,
                  device: str | torch.device = "cpu") -> None:
@@ -128,9 +131,14 @@ class TrainableMethod(Method):
         self.model.eval()
         try:
             with torch.inference_mode():
-                boxes_norm, scores = self.decode(batch, self.model(batch))
+                return self.predictions(samples, batch, self.model(batch))
         finally:
             self.model.train(was_training)
+
+    def predictions(self, samples: Sequence[Sample], batch: Batch,
+                    outputs: Any) -> list[Prediction]:
+        """Predictions from the model's outputs; by default the decoded box per sample."""
+        boxes_norm, scores = self.decode(batch, outputs)
         return predictions_from_normalized(samples, boxes_norm, scores)
 
     def state_to_save(self) -> dict[str, Tensor]:
@@ -179,8 +187,10 @@ class TrainableMethod(Method):
 
     @classmethod
     def from_pretrained(cls: type[MethodT], directory: str | Path,
-                        device: str | torch.device = "cpu") -> MethodT:
-        """Load a directory written by :meth:`save_pretrained` (or a Trainer checkpoint)."""
+                        device: str | torch.device = "cpu",
+                        overrides: Mapping[str, Any] | None = None) -> MethodT:
+        """Load a directory written by :meth:`save_pretrained` (or a Trainer checkpoint);
+        ``overrides`` replaces saved :attr:`inference_options`."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -188,7 +198,7 @@ class TrainableMethod(Method):
         spec = read_method_file(directory)
         if spec["method"] != cls.name:
             raise ModelLoadError(f"{directory} holds a {spec['method']!r} model, not {cls.name!r}")
-        method = cls.from_options(spec["options"], device)
+        method = cls.from_options({**spec["options"], **dict(overrides or {})}, device)
         try:
             state = load_file(str(directory / WEIGHTS_FILE))
         except (SafetensorError, OSError) as exc:
@@ -231,11 +241,13 @@ def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
     def factory(checkpoint: str | Path | None = None, device: str = "cpu",
                 **options: Any) -> MethodT:
         if checkpoint is not None:
-            if options:
+            fixed = sorted(set(options) - cls.inference_options)
+            if fixed:
+                allowed = ", ".join(sorted(cls.inference_options)) or "none"
                 raise ConfigError(
-                    f"{cls.name}: options {sorted(options)} cannot be combined with checkpoint=; "
-                    "the checkpoint's method.json fixes them")
-            return cls.from_pretrained(checkpoint, device)
+                    f"{cls.name}: options {fixed} cannot be combined with checkpoint=; the "
+                    f"checkpoint's method.json fixes them (changeable at load time: {allowed})")
+            return cls.from_pretrained(checkpoint, device, options)
         return cls.from_options(options, device)
 
     factory.__doc__ = f"Build a {cls.name} method (``checkpoint=`` loads a trained one)."

@@ -1,0 +1,633 @@
+"""``erpa``: Entity-Relationship-Pairs Attention (the visgator ERP-A report), trained.
+
+The expression is parsed into a scene graph (:mod:`refground.language`). Every entity is
+looked for with a proposer (text-conditioned detectors get the entity's head noun as query);
+each of its top-k detections becomes a *node*, and every pair of detections whose entities are
+related in the graph becomes an *edge*. Then:
+
+1. CLIP's vision tower gives patch tokens and its text tower pooled token states of each
+   entity span and relation predicate (projections dropped), all projected to ``hidden``.
+2. A node query is its entity's text embedding, an edge query its predicate's embedding.
+3. Decoder layers (pre-norm, LayerScale) cross-attend from ``[nodes; edges]`` to the patches.
+   The attention logits are biased by the *log* of a Gaussian heatmap: a node sees mostly its
+   box, an edge mostly its two boxes and their union (max of the three heatmaps). That is how
+   geometry enters the model.
+4. A transformer encoder over ``[REG; nodes; edges]`` (sinusoidal positions over the valid
+   tokens, padding masked) and an MLP on ``[REG]`` regress the box: sigmoid ``cxcywh``,
+   L1 + GIoU loss.
+
+Five additions, each switchable (``False`` gives the report's design):
+
+* ``box_embedding``: node and edge queries also get an MLP embedding of their box (and
+  detection score). In the report a query's position is only known through its heatmap mask;
+  feeding it directly lets the head regress coordinates it can see.
+* ``role_embedding``: a learned embedding of the entity's index in the graph, so the head
+  knows which nodes are the *referent's* (entity 0) and which are anchors.
+* ``match_embedding``: a node query also gets a projection of ``text * pooled patches`` (the
+  element-wise product of its entity's embedding and the patch tokens averaged under its
+  heatmap). Attention only *adds* what a box looks like to what the entity says; deciding
+  whether they agree needs a multiplicative interaction, and without one ERP-A on SynthRef sat
+  at chance (uniform over the referent's proposals) for the first 140 steps.
+* ``node_crops``: each node also gets CLIP's (projected) image embedding of its box's crop and
+  that crop's cosine similarity to its entity's (projected) text embedding -- what
+  ``crop-rank`` scores. Patch tokens of a whole image carry little about small objects: with
+  the shipped SynthRef CLIP, picking the referent's proposal by the similarity of its
+  heatmap-pooled patch tokens to the text is *below* chance on attribute expressions (0.15 vs
+  0.20, val), while crops are what that CLIP was trained on.
+* ``head="select"``: instead of regressing, score every referent node and answer its box
+  (cross-entropy to the node that best overlaps the target). With good proposals a pointer
+  cannot be slightly off; a regressor can.
+
+Batching is vectorised: graphs are padded to the batch's largest node and edge counts with
+masks, edges are built with ``cartesian_prod`` per related entity pair, and only real edges are
+materialised (at most ``max_edges`` per graph, best detection-score products first), so memory
+grows with the edges a graph has, not with the square of its detections.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import Field
+from torch import Tensor, nn
+
+from refground import boxes as B
+from refground.errors import ConfigError
+from refground.images import load_image
+from refground.methods.base import METHODS
+from refground.methods.trainable import (
+    Batch,
+    MethodConfig,
+    TrainableMethod,
+    image_sizes,
+    target_boxes,
+    trainable_factory,
+)
+from refground.types import Candidate, Entity, Prediction, Sample, SceneGraph
+from refground.vision.clip import ClipEncoder, CLIPModel
+from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
+from refground.vision.proposals import Proposals, Proposer, build_proposer
+from refground.vision.shipped import SHIPPED_CLIP, resolve_clip_name
+
+
+class ErpaConfig(MethodConfig):
+    """Options of ``erpa`` (saved in ``method.json``; unknown names are an error)."""
+
+    clip: str = SHIPPED_CLIP
+    freeze_clip: bool = True
+    proposals: str = "gt"
+    proposal_options: dict[str, Any] = Field(default_factory=dict)
+    top_k: int = Field(50, ge=1)
+    graphs: Literal["parsed", "gold"] = "parsed"
+    parser_backend: str = "auto"
+    max_entities: int = Field(4, ge=1)
+    max_edges: int = Field(1024, ge=1)
+    hidden: int = Field(256, ge=8)
+    heads: int = Field(8, ge=1)
+    decoder_layers: int = Field(2, ge=1)
+    encoder_layers: int = Field(2, ge=1)
+    ffn_ratio: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    layer_scale: float = Field(0.1, gt=0.0)
+    sigma_scale: float = Field(0.5, gt=0.0)
+    min_sigma: float = Field(0.02, gt=0.0)
+    box_embedding: bool = True
+    role_embedding: bool = True
+    match_embedding: bool = True
+    node_crops: bool = True
+    head: Literal["regress", "select"] = "regress"
+    l1_weight: float = Field(5.0, ge=0.0)
+    giou_weight: float = Field(2.0, ge=0.0)
+
+    def model_post_init(self, context: Any) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+
+
+# --- graphs -----------------------------------------------------------------------------------
+
+def referent_only(expression: str) -> SceneGraph:
+    """The graph of an expression the parser could not structure: one entity, all of it."""
+    return SceneGraph((Entity(span=expression, head=expression),))
+
+
+def sample_graphs(samples: Sequence[Sample], source: str, backend: str) -> list[SceneGraph]:
+    """Each sample's graph: gold (``Sample.graph``) or parsed; never one without entities."""
+    if source == "gold":
+        missing = [s.sample_id for s in samples if s.graph is None]
+        if missing:
+            raise ConfigError(f"erpa: graphs='gold' but samples {missing[:3]} have no gold graph; "
+                              "use graphs='parsed'")
+        graphs = [s.graph for s in samples]
+    else:
+        from refground.language import graphs_for
+
+        graphs = graphs_for([s.expression for s in samples], backend=backend)
+    return [g if g is not None and g.entities else referent_only(s.expression)
+            for g, s in zip(graphs, samples, strict=True)]
+
+
+def truncate_graph(graph: SceneGraph, max_entities: int) -> SceneGraph:
+    """Keep the first ``max_entities`` entities and the relations among them."""
+    if len(graph.entities) <= max_entities:
+        return graph
+    relations = tuple(r for r in graph.relations
+                      if r.subject < max_entities and r.object < max_entities)
+    return SceneGraph(graph.entities[:max_entities], relations)
+
+
+# --- the batch --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphLayout:
+    """One sample's nodes and edges before padding (boxes normalised ``cxcywh``)."""
+
+    node_boxes: Tensor      # (N, 4)
+    node_pixels: Tensor     # (N, 4) the same boxes, xyxy pixels (what "select" answers)
+    node_scores: Tensor     # (N,)
+    node_entity: Tensor     # (N,) entity index in the graph
+    node_text: Tensor       # (N,) index into the batch's texts
+    edge_nodes: Tensor      # (E, 2) node indices (subject, object)
+    edge_text: Tensor       # (E,)
+
+
+def layout_graph(graph: SceneGraph, proposals: Sequence[Proposals], width: float, height: float,
+                 text_index: Mapping[str, int], max_edges: int) -> GraphLayout:
+    """Nodes = every entity's detections; edges = detection pairs of related entities."""
+    boxes, pixels, scores, entity_ids, texts = [], [], [], [], []
+    first: list[int] = []
+    for index, (entity, props) in enumerate(zip(graph.entities, proposals, strict=True)):
+        first.append(sum(len(b) for b in boxes))
+        boxes.append(B.xyxy_to_cxcywh(B.normalize(props.boxes, width, height)))
+        pixels.append(props.boxes)
+        scores.append(props.scores)
+        entity_ids.append(torch.full((len(props),), index, dtype=torch.long))
+        texts.append(torch.full((len(props),), text_index[entity.span], dtype=torch.long))
+    pair_nodes, pair_texts, pair_scores = [], [], []
+    node_scores = torch.cat(scores)
+    for relation in graph.relations:
+        subject = torch.arange(len(proposals[relation.subject])) + first[relation.subject]
+        obj = torch.arange(len(proposals[relation.object])) + first[relation.object]
+        pairs = torch.cartesian_prod(subject, obj).reshape(-1, 2)
+        pair_nodes.append(pairs)
+        pair_texts.append(torch.full((len(pairs),), text_index[relation.predicate],
+                                     dtype=torch.long))
+        pair_scores.append(node_scores[pairs[:, 0]] * node_scores[pairs[:, 1]])
+    if pair_nodes:
+        edge_nodes, edge_text = torch.cat(pair_nodes), torch.cat(pair_texts)
+        if len(edge_nodes) > max_edges:
+            keep = torch.cat(pair_scores).argsort(descending=True, stable=True)[:max_edges]
+            edge_nodes, edge_text = edge_nodes[keep], edge_text[keep]
+    else:
+        edge_nodes = torch.zeros((0, 2), dtype=torch.long)
+        edge_text = torch.zeros((0,), dtype=torch.long)
+    return GraphLayout(torch.cat(boxes), torch.cat(pixels), node_scores,
+                       torch.cat(entity_ids), torch.cat(texts), edge_nodes, edge_text)
+
+
+def pad_stack(rows: Sequence[Tensor], fill: float = 0) -> tuple[Tensor, Tensor]:
+    """Pad ``(n_i, ...)`` tensors to ``(B, max n, ...)``; the mask is True on real rows."""
+    longest = max(1, max(len(r) for r in rows))
+    padded = rows[0].new_full((len(rows), longest, *rows[0].shape[1:]), fill)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        padded[i, :len(row)] = row
+        mask[i, :len(row)] = True
+    return padded, mask
+
+
+@dataclass(frozen=True, eq=False)
+class ErpaCollator:
+    """``samples -> Batch``: image pixels, graphs, per-entity detections, padded node/edge
+    tensors and tokenized texts. Picklable; holds the proposer, not the model.
+
+    A detector proposer (OWL-ViT, ...) runs here, in the DataLoader workers; ``gt`` costs
+    nothing.
+    """
+
+    config: ErpaConfig
+    proposer: Proposer
+    tokenizer: Any
+    max_length: int
+    preprocess: ClipPreprocessConfig
+    crop_preprocess: ClipPreprocessConfig
+
+    def detections(self, images: Sequence[Image.Image], samples: Sequence[Sample],
+                   graphs: Sequence[SceneGraph]) -> list[list[Proposals]]:
+        """Per sample, per entity: top-k boxes from the proposer queried with its head noun.
+
+        One proposer call per entity *rank* across the batch, not one per sample.
+        """
+        per_sample: list[list[Proposals]] = [[] for _ in samples]
+        for rank in range(max(len(g.entities) for g in graphs)):
+            chosen = [i for i, g in enumerate(graphs) if rank < len(g.entities)]
+            found = self.proposer.propose([images[i] for i in chosen],
+                                          [samples[i] for i in chosen],
+                                          [[graphs[i].entities[rank].head] for i in chosen])
+            for i, props in zip(chosen, found, strict=True):
+                per_sample[i].append(top_k(props, self.config.top_k))
+        return per_sample
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        decoded: dict[Path, Image.Image] = {}
+        for sample in samples:
+            if sample.image_path not in decoded:
+                decoded[sample.image_path] = load_image(sample.image_path)
+        images = [decoded[s.image_path] for s in samples]
+        graphs = [truncate_graph(g, self.config.max_entities) for g in
+                  sample_graphs(samples, self.config.graphs, self.config.parser_backend)]
+        texts = sorted({e.span for g in graphs for e in g.entities}
+                       | {r.predicate for g in graphs for r in g.relations})
+        text_index = {text: i for i, text in enumerate(texts)}
+        layouts = [layout_graph(g, props, s.width, s.height, text_index, self.config.max_edges)
+                   for g, props, s in zip(graphs, self.detections(images, samples, graphs),
+                                          samples, strict=True)]
+        tokens = self.tokenizer(texts, padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        pixels = {path: pil_to_tensor(image) for path, image in decoded.items()}
+        node_boxes, node_mask = pad_stack([lay.node_boxes for lay in layouts], 0.5)
+        edge_nodes, edge_mask = pad_stack([lay.edge_nodes for lay in layouts])
+        batch: Batch = {
+            "pixels": preprocess_tensor(list(pixels.values()), self.preprocess),
+            "image_index": torch.tensor([list(decoded).index(s.image_path) for s in samples]),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "node_boxes": node_boxes,
+            "node_pixels": pad_stack([lay.node_pixels for lay in layouts])[0],
+            "node_scores": pad_stack([lay.node_scores for lay in layouts])[0],
+            "node_entity": pad_stack([lay.node_entity for lay in layouts])[0],
+            "node_text": pad_stack([lay.node_text for lay in layouts])[0],
+            "node_mask": node_mask,
+            "edge_nodes": edge_nodes,
+            "edge_text": pad_stack([lay.edge_text for lay in layouts])[0],
+            "edge_mask": edge_mask,
+            "size": image_sizes(samples),
+        }
+        if self.config.node_crops:
+            batch["crops"], batch["node_crop"] = self.crops(
+                [pixels[s.image_path] for s in samples],
+                [lay.node_pixels for lay in layouts], [str(s.image_path) for s in samples])
+        target = target_boxes(samples)
+        if target is not None:
+            batch["target"] = target
+        return batch
+
+    def crops(self, images: Sequence[Tensor], node_pixels: Sequence[Tensor],
+              keys: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """CLIP-ready crops of every distinct (image, box) and each node's crop index."""
+        index: dict[tuple[str, bytes], int] = {}
+        cut: list[Tensor] = []
+        node_crop = []
+        for image, boxes, key in zip(images, node_pixels, keys, strict=True):
+            rows = []
+            for box in boxes:
+                crop_key = (key, box.numpy().tobytes())
+                if crop_key not in index:
+                    index[crop_key] = len(cut)
+                    cut.append(crop(image, box))
+                rows.append(index[crop_key])
+            node_crop.append(torch.tensor(rows, dtype=torch.long))
+        return preprocess_tensor(cut, self.crop_preprocess), pad_stack(node_crop)[0]
+
+
+def crop(image: Tensor, box: Tensor) -> Tensor:
+    """``image[:, y0:y1, x0:x1]`` of a pixel xyxy box, at least one pixel each side."""
+    _, height, width = image.shape
+    x0, y0, x1, y1 = box.round().int().tolist()
+    x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+    return image[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+
+
+def top_k(proposals: Proposals, k: int) -> Proposals:
+    if len(proposals) <= k:
+        return proposals
+    return Proposals(proposals.boxes[:k], proposals.scores[:k], proposals.labels[:k],
+                     proposals.fallback)
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def gaussian_heatmaps(boxes: Tensor, grid: int, sigma_scale: float, min_sigma: float) -> Tensor:
+    """``(..., grid * grid)`` Gaussian of each normalised cxcywh box over the patch centres.
+
+    The standard deviation along each axis is ``sigma_scale`` times the box's side (at least
+    ``min_sigma``), so the heatmap covers the box and fades outside it.
+    """
+    centres = (torch.arange(grid, device=boxes.device, dtype=boxes.dtype) + 0.5) / grid
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    cx, cy, w, h = boxes.unsqueeze(-1).unbind(-2)
+    sx = (w * sigma_scale).clamp_min(min_sigma)
+    sy = (h * sigma_scale).clamp_min(min_sigma)
+    return torch.exp(-0.5 * (((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2))
+
+
+def union_cxcywh(a: Tensor, b: Tensor) -> Tensor:
+    """The smallest box enclosing both (normalised cxcywh in, cxcywh out)."""
+    a, b = B.cxcywh_to_xyxy(a), B.cxcywh_to_xyxy(b)
+    union = torch.cat((torch.minimum(a[..., :2], b[..., :2]),
+                       torch.maximum(a[..., 2:], b[..., 2:])), dim=-1)
+    return B.xyxy_to_cxcywh(union)
+
+
+def sinusoidal(positions: Tensor, dim: int) -> Tensor:
+    """Transformer sinusoidal encoding of integer positions ``(...,)`` -> ``(..., dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions.float().unsqueeze(-1) * freqs
+    encoding = torch.cat((angles.sin(), angles.cos()), dim=-1)
+    return F.pad(encoding, (0, dim - 2 * half))
+
+
+class MaskedCrossAttention(nn.Module):
+    """Multi-head attention from queries to patch tokens with an additive logit bias."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, queries: Tensor, keys: Tensor, bias: Tensor) -> Tensor:
+        batch, count, dim = queries.shape
+        heads = self.heads
+        q = self.query(queries).view(batch, count, heads, dim // heads).transpose(1, 2)
+        k, v = self.key_value(keys).view(batch, keys.shape[1], 2, heads,
+                                         dim // heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.unsqueeze(1).to(q.dtype),
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.out(attended.transpose(1, 2).reshape(batch, count, dim))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm masked cross-attention + FFN, each residual scaled by LayerScale."""
+
+    def __init__(self, config: ErpaConfig) -> None:
+        super().__init__()
+        dim = config.hidden
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_keys = nn.LayerNorm(dim)
+        self.attention = MaskedCrossAttention(dim, config.heads, config.dropout)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_ratio * dim), nn.GELU(),
+                                 nn.Dropout(config.dropout), nn.Linear(config.ffn_ratio * dim, dim))
+        self.scale_attention = nn.Parameter(torch.full((dim,), config.layer_scale))
+        self.scale_ffn = nn.Parameter(torch.full((dim,), config.layer_scale))
+
+    def forward(self, queries: Tensor, keys: Tensor, bias: Tensor) -> Tensor:
+        queries = queries + self.scale_attention * self.attention(
+            self.norm_query(queries), self.norm_keys(keys), bias)
+        return queries + self.scale_ffn * self.ffn(self.norm_ffn(queries))
+
+
+class ErpaModel(nn.Module):
+    """``model(batch) -> {"boxes": (B, 4), "node_logits": (B, N)}`` (normalised cxcywh)."""
+
+    def __init__(self, config: ErpaConfig, clip: CLIPModel) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = clip
+        dim = config.hidden
+        vision = clip.config.vision_config
+        self.grid = int(vision.image_size) // int(vision.patch_size)
+        self.patch_proj = nn.Linear(int(vision.hidden_size), dim)
+        self.text_proj = nn.Linear(int(clip.config.text_config.hidden_size), dim)
+        self.box_embed = nn.Sequential(nn.Linear(5, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.role_embed = nn.Embedding(config.max_entities, dim)
+        self.kind_embed = nn.Embedding(2, dim)  # node, edge
+        self.match_proj = nn.Linear(dim, dim)
+        projection = int(clip.visual_projection.out_features)
+        self.crop_embed = nn.Sequential(nn.Linear(projection + 1, dim), nn.ReLU(),
+                                        nn.Linear(dim, dim))
+        self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        self.reg_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.reg_token, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, config.heads, config.ffn_ratio * dim,
+                                           config.dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.encoder_layers,
+                                             enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(dim)
+        self.box_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(config.dropout),
+                                      nn.Linear(dim, 4))
+        self.node_head = nn.Linear(dim, 1)
+        self._freeze_clip_parts()
+
+    def _freeze_clip_parts(self) -> None:
+        """Frozen: the whole CLIP. Trained: all but the projections and scale it never uses
+        (parameters without gradients are an error under DDP)."""
+        if self.config.freeze_clip:
+            self.clip.requires_grad_(False)
+            self.clip.eval()
+            return
+        unused = [self.clip.logit_scale]
+        if not self.config.node_crops:
+            unused += [self.clip.visual_projection.weight, self.clip.text_projection.weight]
+        for parameter in unused:
+            parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ErpaModel:
+        """As ``nn.Module.train``, but a frozen CLIP stays in eval mode."""
+        super().train(mode)
+        if self.config.freeze_clip:
+            self.clip.eval()
+        return self
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Patch tokens ``(B, P, hidden)`` (per sample), text embeddings ``(T, hidden)`` and,
+        with ``node_crops``, each node's crop features ``(B, N, projection + 1)``."""
+        clip = self.clip
+        dtype = clip.text_projection.weight.dtype
+        crop_features = None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_clip):
+            vision = clip.vision_model(pixel_values=batch["pixels"].to(dtype))
+            patches = clip.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+            text = clip.text_model(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).pooler_output
+            if self.config.node_crops:
+                crops = clip.vision_model(pixel_values=batch["crops"].to(dtype)).pooler_output
+                crops = F.normalize(clip.visual_projection(crops).float(), dim=-1)
+                aligned = F.normalize(clip.text_projection(text).float(), dim=-1)
+                node_crops = crops[batch["node_crop"]]
+                similarity = (node_crops * aligned[batch["node_text"]]).sum(-1, keepdim=True)
+                crop_features = torch.cat((node_crops, similarity), -1)
+        patches = self.patch_proj(patches.float())[batch["image_index"]]
+        return patches, self.text_proj(text.float()), crop_features
+
+    def queries(self, batch: Batch, text: Tensor,
+                crop_features: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Node and edge queries, and the edges' union boxes ``(B, E, 4)``."""
+        node_boxes, edge_nodes = batch["node_boxes"], batch["edge_nodes"]
+        src = torch.gather(node_boxes, 1, edge_nodes[..., 0:1].expand(-1, -1, 4))
+        dst = torch.gather(node_boxes, 1, edge_nodes[..., 1:2].expand(-1, -1, 4))
+        union = union_cxcywh(src, dst)
+        nodes = text[batch["node_text"]] + self.kind_embed.weight[0]
+        edges = text[batch["edge_text"]] + self.kind_embed.weight[1]
+        if self.config.box_embedding:
+            scores = batch["node_scores"].unsqueeze(-1)
+            edge_scores = (torch.gather(batch["node_scores"], 1, edge_nodes[..., 0])
+                           * torch.gather(batch["node_scores"], 1, edge_nodes[..., 1]))
+            nodes = nodes + self.box_embed(torch.cat((node_boxes, scores), -1))
+            edges = edges + self.box_embed(torch.cat((union, edge_scores.unsqueeze(-1)), -1))
+        if self.config.role_embedding:
+            nodes = nodes + self.role_embed(batch["node_entity"])
+        if crop_features is not None:
+            nodes = nodes + self.crop_embed(crop_features)
+        return nodes, edges, union
+
+    def attention_bias(self, batch: Batch, union: Tensor) -> Tensor:
+        """``(B, N + E, P)`` log-heatmaps: node box; max of an edge's boxes and their union."""
+        config = self.config
+        heat = gaussian_heatmaps(batch["node_boxes"], self.grid, config.sigma_scale,
+                                 config.min_sigma)
+        edge_nodes = batch["edge_nodes"]
+        patches = heat.shape[-1]
+        src = torch.gather(heat, 1, edge_nodes[..., 0:1].expand(-1, -1, patches))
+        dst = torch.gather(heat, 1, edge_nodes[..., 1:2].expand(-1, -1, patches))
+        joint = gaussian_heatmaps(union, self.grid, config.sigma_scale, config.min_sigma)
+        edge_heat = torch.maximum(torch.maximum(src, dst), joint)
+        return torch.cat((heat, edge_heat), 1).clamp_min(1e-6).log()
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        patches, text, crop_features = self.encode(batch)
+        nodes, edges, union = self.queries(batch, text, crop_features)
+        bias = self.attention_bias(batch, union)
+        if self.config.match_embedding:
+            count = nodes.shape[1]
+            pooled = torch.softmax(bias[:, :count], -1) @ patches
+            nodes = nodes + self.match_proj(text[batch["node_text"]] * pooled)
+        tokens = torch.cat((nodes, edges), 1)
+        for layer in self.decoder:
+            tokens = layer(tokens, patches, bias)
+        valid = torch.cat((batch["node_mask"], batch["edge_mask"]), 1)
+        reg = self.reg_token.expand(tokens.shape[0], -1, -1)
+        sequence = torch.cat((reg, tokens), 1)
+        valid = torch.cat((valid.new_ones((valid.shape[0], 1)), valid), 1)
+        positions = valid.long().cumsum(1) - 1
+        sequence = sequence + sinusoidal(positions, sequence.shape[-1]) * valid.unsqueeze(-1)
+        encoded = self.final_norm(self.encoder(sequence, src_key_padding_mask=~valid))
+        count = nodes.shape[1]
+        node_logits = self.node_head(encoded[:, 1:1 + count]).squeeze(-1).float()
+        referent = batch["node_mask"] & (batch["node_entity"] == 0)
+        return {"boxes": self.box_head(encoded[:, 0]).float().sigmoid(),
+                "node_logits": node_logits.masked_fill(~referent, float("-inf"))}
+
+
+# --- losses and decoding ----------------------------------------------------------------------
+
+def regression_loss(pred: Tensor, target: Tensor, l1_weight: float,
+                    giou_weight: float) -> dict[str, Tensor]:
+    """``l1_weight * L1 + giou_weight * (1 - GIoU)`` on normalised cxcywh, batch means."""
+    target = target.to(pred.device, pred.dtype)
+    l1 = F.l1_loss(pred, target)
+    giou = (1.0 - B.giou(B.cxcywh_to_xyxy(pred), B.cxcywh_to_xyxy(target))).mean()
+    return {"loss": l1_weight * l1 + giou_weight * giou, "l1": l1, "giou": giou}
+
+
+def best_node(batch: Batch, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, the referent node overlapping the target most, and that IoU."""
+    node_xyxy = B.cxcywh_to_xyxy(batch["node_boxes"])
+    target_xyxy = B.cxcywh_to_xyxy(target.to(node_xyxy.device)).unsqueeze(1)
+    ious = B.iou(node_xyxy, target_xyxy.expand_as(node_xyxy))
+    ious = ious.masked_fill(~(batch["node_mask"] & (batch["node_entity"] == 0)), -1.0)
+    return ious.max(1)
+
+
+def selection_loss(logits: Tensor, batch: Batch, target: Tensor) -> dict[str, Tensor]:
+    """Cross-entropy to the best-overlapping referent node; samples whose best node misses
+    the target (IoU < 0.5) teach nothing reliable and are left out."""
+    best_iou, best = best_node(batch, target)
+    usable = best_iou >= 0.5
+    if not usable.any():
+        zero = logits.new_zeros(()) + 0.0 * logits.nan_to_num(0.0, 0.0, 0.0).sum()
+        return {"loss": zero, "ce": zero.detach(), "usable": usable.float().mean()}
+    ce = F.cross_entropy(logits[usable], best[usable])
+    return {"loss": ce, "ce": ce.detach(), "usable": usable.float().mean()}
+
+
+class ErpaMethod(TrainableMethod):
+    """ERP-A; see the module docstring."""
+
+    name = "erpa"
+    config_type = ErpaConfig
+    frozen_prefixes = ("clip.",)
+    inference_options = frozenset({"graphs", "parser_backend", "proposals", "proposal_options",
+                                   "top_k", "max_edges"})
+    config: ErpaConfig
+
+    def __init__(self, config: ErpaConfig, model: ErpaModel, device: str | torch.device = "cpu",
+                 *, collate: ErpaCollator) -> None:
+        super().__init__(config, model, device)
+        self._collate = collate
+
+    @classmethod
+    def build(cls, config: ErpaConfig, device: str | torch.device = "cpu") -> ErpaMethod:
+        encoder = ClipEncoder.from_pretrained(resolve_clip_name(config.clip))
+        model = ErpaModel(config, encoder.model)
+        proposer = build_proposer(config.proposals, **dict(config.proposal_options))
+        clip_preprocess = encoder.preprocess_config
+        m0, m1, m2 = clip_preprocess.image_mean
+        s0, s1, s2 = clip_preprocess.image_std
+        preprocess = ClipPreprocessConfig(shortest_edge=None,
+                                          resize_to=(encoder.image_size, encoder.image_size),
+                                          crop_size=None, image_mean=(m0, m1, m2),
+                                          image_std=(s0, s1, s2))
+        collate = ErpaCollator(config, proposer, encoder.tokenizer, encoder.max_length,
+                               preprocess, encoder.preprocess_config)
+        return cls(config, model, device, collate=collate)
+
+    def state_to_save(self) -> dict[str, Tensor]:
+        if self.config.freeze_clip:
+            return super().state_to_save()
+        return dict(self.model.state_dict())
+
+    def collator(self) -> ErpaCollator:
+        return self._collate
+
+    def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "target" not in batch:
+            raise ConfigError("erpa: the batch has no 'target'; training needs samples with "
+                              "ground-truth boxes")
+        if self.config.head == "select":
+            return selection_loss(outputs["node_logits"], batch, batch["target"])
+        return regression_loss(outputs["boxes"], batch["target"], self.config.l1_weight,
+                               self.config.giou_weight)
+
+    def decode(self, batch: Batch, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if self.config.head == "select":
+            probabilities = outputs["node_logits"].softmax(-1)
+            score, index = probabilities.max(-1)
+            boxes = batch["node_boxes"][torch.arange(len(index)), index]
+            return boxes, score
+        boxes = outputs["boxes"]
+        return boxes, torch.ones(boxes.shape[0], device=boxes.device)
+
+    def predictions(self, samples: Sequence[Sample], batch: Batch,
+                    outputs: dict[str, Tensor]) -> list[Prediction]:
+        """``select``: the chosen proposal's own pixel box, and the referent's proposals
+        ranked by probability as candidates; ``regress``: the regressed box."""
+        if self.config.head != "select":
+            return super().predictions(samples, batch, outputs)
+        probabilities = outputs["node_logits"].float().softmax(-1).cpu()
+        pixels = batch["node_pixels"].cpu()
+        results = []
+        for i, sample in enumerate(samples):
+            order = probabilities[i].argsort(descending=True, stable=True)
+            order = order[probabilities[i, order] > 0]
+            candidates = tuple(Candidate(B.to_tuple(pixels[i, j]), float(probabilities[i, j]))
+                               for j in order.tolist())
+            best = candidates[0]
+            results.append(Prediction(sample.sample_id, best.box, best.score, candidates))
+        return results
+
+
+METHODS.register("erpa")(trainable_factory(ErpaMethod))
