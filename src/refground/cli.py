@@ -63,6 +63,42 @@ def list_methods() -> None:
         console.print(name)
 
 
+@app.command("parse")
+def parse_command(
+    text: Annotated[str, typer.Argument(help="The referring expression (quote it).")],
+    backend: Annotated[str, typer.Option(
+        help="auto (spaCy when installed, else rules), spacy or rules.")] = "auto",
+) -> None:
+    """Parse a referring expression into a scene graph and print it as JSON."""
+    from refground.language import get_parser
+
+    graph = get_parser(backend).parse(text)
+    typer.echo(json.dumps(graph.to_dict(), indent=2))
+
+
+@app.command("prepare-graphs")
+def prepare_graphs_command(
+    data: Annotated[Path, typer.Option(help="Data root holding <dataset>/refs(<split-by>).p.")],
+    dataset: Annotated[str, typer.Option(help="refcoco, refcoco+, refcocog or synthref.")] = (
+        "synthref"),
+    split_by: Annotated[str, typer.Option(help="umd, unc, google or synth.")] = "synth",
+    backend: Annotated[str, typer.Option(
+        help="auto (spaCy when installed, else rules), spacy or rules.")] = "auto",
+    processes: Annotated[int, typer.Option(help="Parser worker processes.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Expressions per parser batch.")] = 256,
+) -> None:
+    """Parse every expression of a dataset (all splits) once; cache the graphs next to its
+    annotations as <data>/<dataset>/graphs.<backend>.jsonl."""
+    from refground.language.prepare import prepare_graph_cache
+
+    result = prepare_graph_cache(data, dataset, split_by, backend, processes, batch_size)
+    refused = f"; {result.refused} empty or over-long left out" if result.refused else ""
+    console.print(f"parsed {result.distinct} distinct expressions ({result.expressions} "
+                  f"sentences) with the {result.backend} parser in {result.seconds:.1f} s "
+                  f"({result.per_second:.0f} sentences/s){refused}")
+    console.print(f"wrote {result.path}")
+
+
 @app.command("eval")
 def eval_command(
     data: Annotated[Path, typer.Option(help="Data root holding <dataset>/refs(<split-by>).p.")],

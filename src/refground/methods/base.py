@@ -50,6 +50,8 @@ METHODS: Registry[Method] = Registry(
         "refground.methods.visual_prompt",
         "refground.methods.regressor",
         "refground.methods.detr",
+        "refground.methods.graph_resolve",
+        "refground.methods.erpa",
     ),
 )
 

@@ -1,0 +1,294 @@
+"""The words the parser knows, and the canonical vocabulary its graphs are written in.
+
+Graphs are compared with SynthRef's gold graphs and consumed by structured methods, so every
+spatial phrase is rewritten into one canonical string whatever its wording ("furthest to the
+left", "left-most" and "on the far left" all become ``leftmost``). The canonical values below
+are exactly those of :mod:`refground.data.synth.expressions`; the tests check that the two stay
+equal. Phrase *patterns* use a tiny syntax expanded by :mod:`refground.language.phrases`:
+tokens separated by spaces, ``a|b`` for alternatives and ``(x)`` / ``(a|b)`` for optional tokens.
+"""
+
+from __future__ import annotations
+
+# --- canonical vocabulary (what graphs contain) --------------------------------------------------
+
+DIRECTIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
+SUPERLATIVES: dict[str, str] = {
+    "left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost",
+}
+REGIONS: dict[str, str] = {
+    "left": "on the left", "right": "on the right", "top": "at the top",
+    "bottom": "at the bottom", "top left": "in the top left", "top right": "in the top right",
+    "bottom left": "in the bottom left", "bottom right": "in the bottom right",
+}
+MIDDLE = "middle"
+CLOSEST = "closest"  # unary: closest to the viewer
+LARGEST, SMALLEST = "largest", "smallest"
+COMPARATIVES: dict[str, str] = {"bigger": "bigger", "smaller": "smaller"}
+DEPTH: dict[str, str] = {"front": "in front", "back": "in the back"}  # beyond SynthRef
+ORDINALS: dict[int, str] = {
+    1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh",
+    8: "eighth", 9: "ninth", 10: "tenth",
+}
+# "the second dog" names no origin; reading order (left to right) is the default reading.
+DEFAULT_ORDINAL_DIRECTION = "left"
+
+SPATIAL_VALUES: frozenset[str] = frozenset(
+    (*SUPERLATIVES.values(), *REGIONS.values(), MIDDLE, CLOSEST, LARGEST, SMALLEST,
+     *COMPARATIVES.values(), *DEPTH.values()))
+
+# Relation predicates. The six spatial ones are SynthRef's; the rest are kept as written.
+SPATIAL_PREDICATES: tuple[str, ...] = (
+    "left of", "right of", "above", "below", "closest to", "next to")
+KEPT_PREDICATES: tuple[str, ...] = (
+    "between", "in", "on", "behind", "in front of", "far from", "bigger than", "smaller than",
+    "holding", "with", "wearing", "of", "at", "carrying", "riding", "has")
+# A verb followed by one of these ("standing next to") reads as the geometric predicate alone.
+DOMINANT_PREDICATES: frozenset[str] = frozenset(
+    (*SPATIAL_PREDICATES, "between", "behind", "in front of", "far from", "bigger than",
+     "smaller than"))
+# "man in red shirt next to the woman": the relation after a possession/clothing object
+# belongs to the owner, not to the shirt.
+CLIMBING_PREDICATES: frozenset[str] = frozenset(
+    ("in", "with", "wearing", "holding", "carrying", "has", "of", "full of"))
+
+IMPLICIT_HEAD = "object"  # head of a noun phrase that names no noun ("the leftmost", "left")
+GENERIC_HEADS: tuple[str, ...] = ("object", "shape", "thing", "one")
+
+# --- phrase patterns: (pattern, kind, value) ----------------------------------------------------
+# kinds: "spatial" (a canonical spatial value, before or after its noun), "post" (the same,
+# only after its noun: "on the left"), "ordinal" (rank),
+# "origin" (direction an ordinal counts from), "rel" (predicate), "conn" (dropped connector),
+# "closest" (unary "closest" or binary "closest to", decided by what follows).
+
+_TOP = "top|upper|uppermost|topmost"
+_BOTTOM = "bottom|lower|lowest|bottommost"
+
+
+def _superlative_patterns() -> list[tuple[str, str, str]]:
+    patterns: list[tuple[str, str, str]] = []
+    for side in ("left", "right"):
+        value = SUPERLATIVES[side]
+        patterns += [
+            (f"{side}most|{side}-most", "spatial", value),
+            (f"{side} most", "spatial", value),
+            (f"most {side}", "spatial", value),
+            (f"(the) (very) far {side} (side)", "spatial", value),
+            (f"on|at|to|in (the) (very) far {side} (side|hand side)", "post", value),
+            (f"on|at|to (the) very {side}", "post", value),
+            (f"furthest|farthest|farest (to|on) (the) {side}", "post", value),
+            (f"all the way (to|on) (the) {side}", "post", value),
+        ]
+    patterns += [
+        ("topmost|uppermost|highest|upmost|top-most", "spatial", "topmost"),
+        ("top most", "spatial", "topmost"),
+        ("top", "spatial", "topmost"),
+        ("at|on (the) very top", "post", "topmost"),
+        ("highest|furthest|farthest up", "post", "topmost"),
+        ("bottommost|lowest|lowermost|bottom-most", "spatial", "bottommost"),
+        ("bottom most", "spatial", "bottommost"),
+        ("bottom", "spatial", "bottommost"),
+        ("at|on (the) very bottom", "post", "bottommost"),
+        ("lowest|furthest|farthest down", "post", "bottommost"),
+        ("largest|biggest", "spatial", LARGEST),
+        ("smallest|tiniest", "spatial", SMALLEST),
+        ("bigger|larger", "spatial", "bigger"),
+        ("smaller", "spatial", "smaller"),
+    ]
+    return patterns
+
+
+def _region_patterns() -> list[tuple[str, str, str]]:
+    patterns: list[tuple[str, str, str]] = []
+    for side in ("left", "right"):
+        value = REGIONS[side]
+        patterns += [
+            (side, "spatial", value),
+            (f"on|at|to|in|near (the) {side} (side|hand side|part|edge|half)", "post", value),
+            (f"(the) {side} (hand) side", "spatial", value),
+        ]
+    for vertical, words in (("top", _TOP), ("bottom", _BOTTOM)):
+        patterns += [
+            (f"at|near|in|on (the) {words} (side|part|edge|row|half)", "post",
+             REGIONS[vertical]),
+            ("up top" if vertical == "top" else "down low", "post", REGIONS[vertical]),
+            ("upper" if vertical == "top" else "lower", "spatial", REGIONS[vertical]),
+        ]
+        for side in ("left", "right"):
+            corner = REGIONS[f"{vertical} {side}"]
+            patterns += [
+                (f"{words} {side} (corner|side|part)", "spatial", corner),
+                (f"in|at|on|near (the) {words} {side} (corner|side|part|hand corner)", "post",
+                 corner),
+                (f"{side} {words} (corner)", "spatial", corner),
+                (f"in|at|on|near (the) {side} {words} (corner)", "post", corner),
+            ]
+    patterns += [
+        ("on top", "post", REGIONS["top"]),
+        ("middle|center|centre|central", "spatial", MIDDLE),
+        ("in|at|near (the) (very) middle|center|centre", "post", MIDDLE),
+        ("in (the) front", "post", DEPTH["front"]),
+        ("in the foreground", "post", DEPTH["front"]),
+        ("in|at (the) back", "post", DEPTH["back"]),
+        ("in the background", "post", DEPTH["back"]),
+        ("closest|nearest|closer (to) (the) camera|us|you|me|viewer|photographer", "post",
+         CLOSEST),
+    ]
+    return patterns
+
+
+def _ordinal_patterns() -> list[tuple[str, str, str]]:
+    numerals = {1: "1st", 2: "2nd", 3: "3rd"}
+    patterns = [(f"{word}|{numerals.get(rank, f'{rank}th')}", "ordinal", str(rank))
+                for rank, word in ORDINALS.items()]
+    patterns += [(f"(counting|counted) from (the) (very) {direction} (side|edge|end)",
+                  "origin", direction) for direction in DIRECTIONS]
+    patterns += [("from left to right", "origin", "left"),
+                 ("from right to left", "origin", "right"),
+                 ("from top to bottom", "origin", "top"),
+                 ("from bottom to top", "origin", "bottom")]
+    return patterns
+
+
+def _relation_patterns() -> list[tuple[str, str, str]]:
+    patterns: list[tuple[str, str, str]] = []
+    for side in ("left", "right"):
+        predicate = f"{side} of"
+        patterns += [
+            (f"{side} of", "rel", predicate),
+            (f"to (the) {side} of", "rel", predicate),
+            (f"on|at (the) {side} (hand) side of", "rel", predicate),
+            (f"on (the) {side} of", "rel", predicate),
+            (f"just|directly|immediately|slightly (to) (the) {side} of", "rel", predicate),
+        ]
+    patterns += [
+        ("above|over", "rel", "above"),
+        ("higher than", "rel", "above"),
+        ("directly|just|right above|over", "rel", "above"),
+        ("below|under|beneath|underneath", "rel", "below"),
+        ("lower than", "rel", "below"),
+        ("directly|just|right below|under|beneath|underneath", "rel", "below"),
+        ("closest|nearest|closer (to)", "closest", "closest to"),
+        ("next to", "rel", "next to"),
+        ("right|just|directly next to", "rel", "next to"),
+        ("beside|besides|by|near|alongside", "rel", "next to"),
+        ("right|just|directly beside|by", "rel", "next to"),
+        ("near|close|adjacent to", "rel", "next to"),
+        ("by the side of", "rel", "next to"),
+        ("between", "rel", "between"),
+        ("in between", "rel", "between"),
+        ("in the middle of", "rel", "between"),
+        ("in (the) front of", "rel", "in front of"),
+        ("infront of", "rel", "in front of"),
+        ("behind", "rel", "behind"),
+        ("in back of", "rel", "behind"),
+        ("at the back of", "rel", "behind"),
+        ("far (away) from", "rel", "far from"),
+        ("furthest|farthest|away from", "rel", "far from"),
+        ("bigger|larger than", "rel", "bigger than"),
+        ("smaller than", "rel", "smaller than"),
+        ("in|inside|within|into", "rel", "in"),
+        ("inside of", "rel", "in"),
+        ("on|onto|atop|upon", "rel", "on"),
+        ("on top of", "rel", "on"),
+        ("with|w", "rel", "with"),
+        ("of", "rel", "of"),
+        ("at", "rel", "at"),
+        ("holding|holds", "rel", "holding"),
+        ("wearing|wears", "rel", "wearing"),
+        ("dressed in", "rel", "wearing"),
+        ("carrying|carries", "rel", "carrying"),
+        ("riding|rides", "rel", "riding"),
+        ("has|have|having", "rel", "has"),
+        ("full of", "rel", "full of"),
+        # connectors carry no meaning of their own
+        ("that|which|who is|are|was|were", "conn", ""),
+        ("thats|whos", "conn", ""),
+        ("which|who|whose|where", "conn", ""),
+        ("is|are|was|were|be|being|been", "conn", ""),
+        ("there is|are", "conn", ""),
+    ]
+    return patterns
+
+
+PHRASE_PATTERNS: tuple[tuple[str, str, str], ...] = (
+    *_superlative_patterns(), *_region_patterns(), *_ordinal_patterns(),
+    *_relation_patterns())
+
+# --- word classes -------------------------------------------------------------------------------
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+DETERMINERS: frozenset[str] = _words(
+    "the a an this these those his her their its my your our some any each every both all "
+    "another either neither")
+NUMBERS: frozenset[str] = _words(
+    "two three four five six seven eight nine ten 2 3 4 5 6 7 8 9 10 couple")
+COLOURS: frozenset[str] = _words(
+    "red green blue yellow orange purple pink cyan white black gray grey brown gold golden "
+    "silver beige tan maroon navy teal violet magenta turquoise dark light bright pale "
+    "colorful colourful multicolored striped plaid spotted checkered blond blonde")
+SIZES: frozenset[str] = _words(
+    "big large small little medium tiny huge giant tall short long wide thin fat skinny "
+    "narrow thick mini")
+ADJECTIVES: frozenset[str] = _words(
+    "young old new empty full half open closed other wooden metal plastic glass round upright "
+    "sliced whole partial visible hidden cut same different only single lone last front back "
+    "side main") | COLOURS | SIZES
+INTENSIFIERS: frozenset[str] = _words("very really quite just most more slightly")
+CONJUNCTIONS: frozenset[str] = _words("and or plus &")
+PREPOSITIONS: frozenset[str] = _words(
+    "around against across along through toward towards past about for to from up down off "
+    "out without beyond among amongst via like than as per")
+VERBS: frozenset[str] = _words(
+    "looks look sits sit stands stand eats eat holds hold wears wear shows show faces face "
+    "touching touches touch")
+WH_WORDS: frozenset[str] = _words("which who whose whom where when")
+PRONOUNS: frozenset[str] = _words("it he she they them him us you me i we")
+# -ing words that are nouns, so the rule backend does not read them as verbs
+ING_NOUNS: frozenset[str] = _words(
+    "thing things ring king building ceiling painting clothing railing string wing swing "
+    "sibling icing pudding wedding awning evening morning bedding frosting topping stuffing "
+    "sling spring bowling skiing surfing sign ding darling ping lightning")
+# frame nouns: "on the left of the picture" is a region, not a relation to an object
+FRAME_NOUNS: frozenset[str] = _words(
+    "picture image photo pic photograph frame screen scene view shot pict img")
+FRAME_REGIONS: dict[str, str] = {
+    "left of": REGIONS["left"], "right of": REGIONS["right"], "between": MIDDLE,
+    "closest to": CLOSEST,
+}
+
+SYNTH_SHAPES: frozenset[str] = _words("circle square triangle star hexagon cross diamond pentagon")
+# Nouns spaCy's small model sometimes tags otherwise ("cross" as a verb, "square" as an
+# adjective); always heads. SynthRef's shapes, the generic heads, COCO classes, people words.
+KNOWN_NOUNS: frozenset[str] = SYNTH_SHAPES | frozenset(GENERIC_HEADS) | _words(
+    "person man woman guy girl boy lady kid child baby player people men women kids bicycle "
+    "bike car motorcycle airplane plane bus train truck boat bench bird cat dog horse sheep "
+    "cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee skis "
+    "snowboard ball kite bat glove skateboard surfboard racket bottle cup fork knife spoon "
+    "bowl banana apple sandwich broccoli carrot pizza donut cake chair couch plant bed table "
+    "toilet tv laptop mouse remote keyboard phone microwave oven toaster sink refrigerator "
+    "fridge book clock vase scissors teddy toothbrush shirt hat jacket plate glass glasses "
+    "box")
+IRREGULAR_PLURALS: dict[str, str] = {
+    "men": "man", "women": "woman", "people": "person", "children": "child", "feet": "foot",
+    "teeth": "tooth", "mice": "mouse", "geese": "goose", "knives": "knife", "leaves": "leaf",
+    "shelves": "shelf", "wolves": "wolf", "halves": "half", "loaves": "loaf", "shoes": "shoe",
+    "oxen": "ox", "calves": "calf", "scarves": "scarf", "ladies": "lady", "guys": "guy",
+    "toys": "toy", "boys": "boy", "keys": "key", "monkeys": "monkey", "donkeys": "donkey",
+    "trays": "tray", "movies": "movie", "cookies": "cookie", "pies": "pie", "ties": "tie",
+}
+SINGULAR_S: frozenset[str] = _words(
+    "bus cross glass grass dress gas lens canvas pants shorts jeans scissors glasses species "
+    "series news cactus octopus bus ss christmas chess class boss kiss bonus virus tennis "
+    "this his its is was us yes has does goes")
+
+
+def ordinal_spatial(rank: int, direction: str) -> str:
+    """The canonical value of "<rank> from the <direction>": the first is the superlative."""
+    if rank == 1:
+        return SUPERLATIVES[direction]
+    return f"{ORDINALS[rank]} from the {direction}"

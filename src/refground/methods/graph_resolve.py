@@ -1,0 +1,441 @@
+"""``graph-resolve``: ground each noun phrase with CLIP, then resolve the arrangement with geometry.
+
+crop-rank and visual-prompt score a proposal against the *whole* expression, so "the circle left
+of the blue square" is, for CLIP, mostly "circle" and "blue square": which circle is left of the
+square is exactly what a crop (or a marked view) cannot tell. This method splits the expression
+into its scene graph (entity 0 is the referent; others are anchors; relations link them; spatial
+modifiers such as "leftmost" or "second from the top" sit on entities) and
+
+1. scores every proposal against every entity's own phrase with a proposal-scoring method
+   (``scorer``: crop-rank by default), all entities of a batch in *one* scorer call, so each
+   image's proposal features are computed once;
+2. turns each entity's scores into membership probabilities ``p_e(i)``: how likely proposal i is
+   one of the things the phrase names (see :func:`log_membership`);
+3. resolves the graph from the leaves up with the soft geometry of
+   :mod:`refground.language.spatial`: the referent's score of proposal i is
+
+   ``log p_0(i) + sum_m log g_m(i) + sum_(0, pred, e) log sum_(j != i) q_e(j) r_pred(i, j)``
+
+   where ``g_m`` are the referent's modifiers, ``q_e`` is anchor e's own resolved distribution
+   (its modifiers and *its* relations applied recursively, normalised), and ``r_pred`` the soft
+   truth of the relation.
+
+A graph with no entities (the parser could not structure the expression, or a gold graph is
+missing) falls back to the scorer's own prediction on the full expression.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from refground.errors import ConfigError, MissingDependencyError
+from refground.language import spatial
+from refground.methods.base import METHODS, DatasetInfo, Method
+from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
+from refground.types import Entity, Prediction, Sample, SceneGraph
+
+log = logging.getLogger(__name__)
+
+GRAPH_SOURCES = ("parsed", "gold")
+MEMBERSHIPS = ("relative", "split")
+ENTITY_TEXTS = ("span", "noun")
+#: Options that belong to the scorer but are accepted top-level for convenience.
+FORWARDED = ("clip", "proposals", "proposal_options", "device", "dtype", "clip_batch_size",
+             "text_cache_dir", "encoders")
+#: Heads that name no kind of thing: with no attributes either, every proposal is a member.
+GENERIC_HEADS = frozenset({"object", "objects", "thing", "things", "shape", "shapes", "one",
+                           "ones", "item", "items"})
+#: Floor inside every log, so a violated constraint costs about -9 instead of -inf.
+LOG_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class ResolveConfig:
+    """How scores become probabilities and how much each kind of constraint weighs.
+
+    ``temperature`` is in the scorer's score units (cosine similarities); the method's option
+    of that name is in CLIP logits and is divided by the encoder's ``logit_scale`` to get it.
+    """
+
+    membership: str = "relative"
+    temperature: float = 0.3
+    modifier_weight: float = 1.0
+    relation_weight: float = 1.0
+
+
+# --- membership ---------------------------------------------------------------------------------
+
+def log_membership(scores: Tensor, mode: str, temperature: float) -> Tensor:
+    """``log p(i)``: how likely proposal i is one of the things a noun phrase names.
+
+    ``relative``: ``(s_i - max s) / T``, i.e. ``p = exp((s - max) / T)``. Not a softmax: a
+    softmax shares one unit of mass among all matching proposals, so with three circles each
+    would get 1/3 and "no other circle is further left" (a product of ``1 - p``) would barely
+    exclude anything. Here the best match is a member for sure and the others by how far
+    their score falls short, so several matches are all members.
+
+    ``split``: a threshold halfway through the largest drop in the sorted scores (the boundary
+    between "matches" and "does not match"), ``p = sigmoid((s - threshold) / T)``; robust when
+    true members themselves score unevenly, at the price of always finding *some* boundary.
+    Both are monotone in ``s``, so an entity without geometry ranks exactly as the scorer does.
+    """
+    scores = scores.float()
+    if mode == "relative" or scores.numel() < 2:
+        return (scores - scores.max()) / temperature
+    ordered = scores.sort(descending=True).values
+    drops = ordered[:-1] - ordered[1:]
+    cut = int(drops.argmax())
+    threshold = (ordered[cut] + ordered[cut + 1]) / 2
+    return torch.nn.functional.logsigmoid((scores - threshold) / temperature)
+
+
+def score_scale(scorer: ProposalScoringMethod) -> float:
+    """The scorer's CLIP logit scale (mean over its backbones): cosine -> logit.
+
+    Temperatures are stated in logits because cosine spreads differ a lot between CLIPs (the
+    shipped SynthRef CLIP: scale 11.6, member/non-member gaps ~0.3; OpenAI's: scale 100, gaps
+    ~0.03), and the logit scale is what each CLIP learnt to divide its cosines by.
+    """
+    scales = [float(encoder.logit_scale) for encoder in getattr(scorer, "encoders", ())
+              if hasattr(encoder, "logit_scale")]
+    return sum(scales) / len(scales) if scales else 1.0
+
+
+def is_generic(entity: Entity) -> bool:
+    return not entity.attributes and entity.head.lower() in GENERIC_HEADS
+
+
+def entity_text(entity: Entity, how: str) -> str:
+    """What the scorer is asked about: the phrase as written, or just "[attributes] head"."""
+    noun = " ".join((*entity.attributes, entity.head)).strip()
+    if how == "noun" and noun:
+        return noun
+    return entity.span.strip() or noun
+
+
+# --- resolving one graph ------------------------------------------------------------------------
+
+@dataclass
+class GraphResolver:
+    """Resolves one sample's graph over its proposals (mutable only to collect notes)."""
+
+    graph: SceneGraph
+    log_members: list[Tensor]  # per entity, (N,)
+    geometry: spatial.Geometry
+    config: ResolveConfig
+    notes: list[str] = field(default_factory=list)
+
+    def resolve(self) -> Tensor:
+        """The referent's (entity 0's) log-score for every proposal."""
+        return self.entity_scores(0, None, frozenset())
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            log.debug("graph-resolve: %s", text)
+            self.notes.append(text)
+
+    def members(self, index: int) -> Tensor:
+        return self.log_members[index].exp()
+
+    def distribution(self, index: int, via: int, path: frozenset[int]) -> Tensor:
+        """Entity ``index``'s resolved, normalised distribution over proposals."""
+        return torch.softmax(self.entity_scores(index, via, path), dim=0)
+
+    def entity_scores(self, index: int, via: int | None, path: frozenset[int]) -> Tensor:
+        """``log p_e`` plus modifiers plus every relation of ``e`` except the one we came by
+        (``via``); ``path`` holds the entities above on the recursion, which guards cycles."""
+        entity = self.graph.entities[index]
+        members = self.members(index)
+        score = self.log_members[index].clone()
+        for name in entity.spatial:
+            values = spatial.modifier(name, self.geometry, members)
+            if values is None:
+                self.note(f"ignored unknown modifier {name!r}")
+                continue
+            score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
+        between_objects: list[tuple[int, int]] = []
+        inner = path | {index}
+        for number, relation in enumerate(self.graph.relations):
+            other = self.partner(number, index, via, inner)
+            if other is None:
+                continue
+            predicate = spatial.canonical_predicate(relation.predicate)
+            if predicate == "between":
+                if relation.subject == index:
+                    between_objects.append((number, other))
+                else:
+                    self.note("ignored 'between' with the referent as one of the ends")
+                continue
+            score = score + self.config.relation_weight * self.relation_term(
+                number, index, other, inner)
+        if between_objects:
+            score = score + self.config.relation_weight * self.between_term(
+                between_objects, inner)
+        return score
+
+    def partner(self, number: int, index: int, via: int | None, path: frozenset[int]
+                ) -> int | None:
+        """The other end of relation ``number`` if it touches ``index`` and may be followed."""
+        relation = self.graph.relations[number]
+        if number == via or index not in (relation.subject, relation.object):
+            return None
+        other = relation.object if relation.subject == index else relation.subject
+        if not 0 <= other < len(self.graph.entities) or other == index:
+            self.note(f"ignored malformed relation {relation}")
+            return None
+        if other in path:
+            self.note(f"ignored relation {number} closing a cycle")
+            return None
+        return other
+
+    def relation_term(self, number: int, index: int, other: int, path: frozenset[int]
+                      ) -> Tensor:
+        """``log sum_(j != i) q_other(j) r(i, j)`` (r transposed when ``index`` is the object)."""
+        relation = self.graph.relations[number]
+        forward = relation.subject == index
+        subject_members = self.members(index if forward else other)
+        matrix = spatial.relation(relation.predicate, self.geometry, subject_members)
+        if matrix is None:
+            self.note(f"no geometry for predicate {relation.predicate!r}")
+            return torch.zeros(len(self.geometry))
+        if not forward:
+            matrix = matrix.T
+        anchor = self.distribution(other, number, path)
+        return torch.log(matrix @ anchor + LOG_FLOOR)
+
+    def between_term(self, objects: Sequence[tuple[int, int]], path: frozenset[int]) -> Tensor:
+        """"Between" two anchors (two relations), or among the members of one plural anchor
+        ("between the two squares"): pairs weighted by how likely they are the two ends."""
+        n = len(self.geometry)
+        if n < 3:
+            self.note("ignored 'between': fewer than three proposals")
+            return torch.zeros(n)
+        if len(objects) >= 2:
+            (first_rel, first), (second_rel, second) = objects[:2]
+            pairs = torch.outer(self.distribution(first, first_rel, path),
+                                self.distribution(second, second_rel, path))
+        else:
+            ends = self.members(objects[0][1])
+            pairs = torch.outer(ends, ends).fill_diagonal_(0.0)
+        pairs = (pairs + pairs.T) / 2
+        total = pairs.sum()
+        if total <= 0:
+            self.note("ignored 'between': no plausible pair of ends")
+            return torch.zeros(n)
+        values = torch.einsum("ijk,jk->i", spatial.between(self.geometry), pairs / total)
+        return torch.log(values + LOG_FLOOR)
+
+
+# --- the method ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which scorer queries one sample needs: one per entity, or one for the fallback."""
+
+    graph: SceneGraph
+    queries: tuple[int | None, ...]  # per entity: index into the batch's queries (None: generic)
+    fallback: int | None = None  # index of the full-expression query when the graph is empty
+
+
+def _check_positive(name: str, value: object, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_backend(backend: object) -> str:
+    """The parser backend name, checked against the parser's list when the parser exists."""
+    known: tuple[str, ...] | None
+    try:
+        from refground.language import BACKENDS as known
+    except ImportError:
+        known = None  # no parser package: predict() reports it if parsed graphs are needed
+    if not isinstance(backend, str) or (known is not None and backend not in known):
+        names = f"; one of {', '.join(known)}" if known is not None else ""
+        raise ConfigError(f"parser_backend must name a parser backend{names}; got {backend!r}")
+    return backend
+
+
+def _choice(name: str, value: object, options: Sequence[str]) -> str:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+    return str(value)
+
+
+@METHODS.register("graph-resolve")
+class GraphResolve(Method):
+    """See the module docstring. Options:
+
+    * ``scorer`` (``crop-rank``): the proposal-scoring method that scores noun phrases;
+      ``scorer_options`` are passed to it, and ``clip``, ``proposals``, ``device`` (and the
+      other names in :data:`FORWARDED`) are accepted top-level and forwarded too;
+    * ``graphs``: ``parsed`` (:func:`refground.language.graphs_for`, with the dataset's
+      ``graphs.<backend>.jsonl`` cache when present, or ``graph_cache=PATH``) or ``gold``
+      (``Sample.graph``, SynthRef's generator graphs: the ablation with a perfect parser);
+      ``parser_backend``: ``auto``, ``spacy`` or ``rules``;
+    * ``membership`` / ``temperature``: how scores become membership probabilities (see
+      :func:`log_membership`); the temperature is in CLIP logits (see :func:`score_scale`);
+      3.5 (0.3 in cosine units for the shipped CLIP) was the best of 0.6-12 tried on a
+      separate SynthRef tuning set (seed 1, its val/test/testC), with crop-rank scores;
+    * ``modifier_weight`` / ``relation_weight``: multipliers of the geometric log terms;
+    * ``entity_text``: ask the scorer about the entity's ``span`` as written ("the bigger of
+      the two red squares") or just its ``noun`` ("red square").
+    """
+
+    name = "graph-resolve"
+
+    def __init__(
+        self,
+        scorer: str = "crop-rank",
+        scorer_options: Mapping[str, Any] | None = None,
+        graphs: str = "parsed",
+        parser_backend: str = "auto",
+        graph_cache: str | None = None,
+        membership: str = "relative",
+        temperature: float = 3.5,
+        modifier_weight: float = 1.0,
+        relation_weight: float = 1.0,
+        entity_text: str = "span",
+        **options: Any,
+    ) -> None:
+        self.graphs = _choice("graphs", graphs, GRAPH_SOURCES)
+        self.entity_text = _choice("entity_text", entity_text, ENTITY_TEXTS)
+        membership = _choice("membership", membership, MEMBERSHIPS)
+        temperature = _check_positive("temperature", temperature)
+        modifier_weight = _check_positive("modifier_weight", modifier_weight, True)
+        relation_weight = _check_positive("relation_weight", relation_weight, True)
+        self.parser_backend = _check_backend(parser_backend) if graphs == "parsed" else "auto"
+        self.scorer = self._build_scorer(scorer, scorer_options, options)
+        self.config = ResolveConfig(membership, temperature / score_scale(self.scorer),
+                                    modifier_weight, relation_weight)
+        self.cache: dict[str, SceneGraph] = {}
+        if graph_cache is not None:
+            self._load_cache(Path(graph_cache), required=True)
+
+    @staticmethod
+    def _build_scorer(name: object, scorer_options: Mapping[str, Any] | None,
+                      options: Mapping[str, Any]) -> ProposalScoringMethod:
+        if scorer_options is not None and not isinstance(scorer_options, Mapping):
+            raise ConfigError(f"scorer_options must be a mapping of options for the scorer, "
+                              f"got {scorer_options!r}")
+        unknown = sorted(set(options) - set(FORWARDED))
+        if unknown:
+            raise ConfigError(
+                f"graph-resolve got unknown option(s) {', '.join(unknown)}; options for the "
+                f"scorer go in scorer_options (e.g. -o 'scorer_options={{\"debias\": 0}}'); "
+                f"only {', '.join(FORWARDED)} are forwarded from the top level")
+        merged = dict(scorer_options or {})
+        for key, value in options.items():
+            if key in merged and merged[key] != value:
+                raise ConfigError(f"{key} is given both top-level ({value!r}) and in "
+                                  f"scorer_options ({merged[key]!r}); give it once")
+            merged[key] = value
+        if not isinstance(name, str) or name == GraphResolve.name:
+            raise ConfigError(f"scorer must name a proposal-scoring method such as crop-rank "
+                              f"or visual-prompt, got {name!r}")
+        built = METHODS.build(name, **merged)
+        if not isinstance(built, ProposalScoringMethod):
+            raise ConfigError(f"scorer {name!r} does not score proposals (it is not a "
+                              f"ProposalScoringMethod); use crop-rank or visual-prompt")
+        return built
+
+    # --- graphs -----------------------------------------------------------------------------
+
+    def prepare(self, info: DatasetInfo) -> None:
+        """Prepare the scorer; with parsed graphs, load ``<root>/<dataset>/graphs.<backend>.jsonl``
+        if it was written, so parsing (an LLM, perhaps) is not repeated."""
+        self.scorer.prepare(info)
+        if self.graphs != "parsed" or self.cache:
+            return
+        try:
+            from refground.language import get_parser
+            from refground.language.cache import graph_cache_path
+        except ImportError:
+            return  # no parser package: predict() says so if parsed graphs are needed
+        backend = self.parser_backend
+        if backend == "auto":  # caches are named by the backend that wrote them
+            backend = get_parser(backend).backend
+        self._load_cache(Path(graph_cache_path(info.root / info.dataset, backend)),
+                         required=False)
+
+    def _load_cache(self, path: Path, required: bool) -> None:
+        if not path.is_file():
+            if required:
+                raise ConfigError(f"graph_cache {path} does not exist")
+            return
+        from refground.language.cache import load_graph_cache
+
+        self.cache = dict(load_graph_cache(path))
+        log.info("graph-resolve: %d cached graphs from %s", len(self.cache), path)
+
+    def _graphs(self, samples: Sequence[Sample]) -> list[SceneGraph]:
+        if self.graphs == "gold":
+            return [s.graph if s.graph is not None else SceneGraph() for s in samples]
+        try:
+            from refground.language import graphs_for
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"graph-resolve with graphs=parsed needs refground.language.graphs_for "
+                f"({exc}); use -o graphs=gold on datasets with gold graphs") from exc
+        return list(graphs_for([s.expression for s in samples], self.cache,
+                               backend=self.parser_backend))
+
+    # --- prediction -------------------------------------------------------------------------
+
+    def _plan(self, items: Sequence[ScoringItem], graphs: Sequence[SceneGraph]
+              ) -> tuple[list[_Plan], list[ScoringItem]]:
+        """One scorer query per distinct (image, boxes, text), generic entities skipped."""
+        queries: list[ScoringItem] = []
+        seen: dict[tuple[Path, bytes, str], int] = {}
+
+        def query(item: ScoringItem, text: str) -> int:
+            key = (item.sample.image_path, item.proposals.boxes.numpy().tobytes(), text)
+            if key not in seen:
+                seen[key] = len(queries)
+                queries.append(replace(item, sample=replace(item.sample, expression=text)))
+            return seen[key]
+
+        plans = []
+        for item, graph in zip(items, graphs, strict=True):
+            if not graph.entities:
+                plans.append(_Plan(graph, (), query(item, item.sample.expression)))
+                continue
+            plans.append(_Plan(graph, tuple(
+                None if is_generic(e) else query(item, entity_text(e, self.entity_text))
+                for e in graph.entities)))
+        return plans, queries
+
+    def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
+        items = self.scorer.prepare_items(samples)
+        plans, queries = self._plan(items, self._graphs(samples))
+        scores = self.scorer.score(queries) if queries else []
+        return [self._predict_one(item, plan, scores)
+                for item, plan in zip(items, plans, strict=True)]
+
+    def _predict_one(self, item: ScoringItem, plan: _Plan, scores: Sequence[Tensor]
+                     ) -> Prediction:
+        if plan.fallback is not None:
+            prediction = rank(item, scores[plan.fallback])
+            return replace(prediction, extras={"graph": "none", "graph_fallback": True})
+        n = len(item.proposals)
+        log_members = [
+            torch.zeros(n) if q is None else log_membership(
+                scores[q].float().cpu(), self.config.membership, self.config.temperature)
+            for q in plan.queries]
+        _, height, width = item.pixels.shape
+        geometry = spatial.Geometry.of(item.proposals.boxes, width, height)
+        resolver = GraphResolver(plan.graph, log_members, geometry, self.config)
+        prediction = rank(item, resolver.resolve())
+        return replace(prediction, extras={
+            "graph": self.graphs, "graph_fallback": False,
+            "scene_graph": plan.graph.to_dict(), "notes": list(resolver.notes)})

@@ -1,0 +1,401 @@
+"""graph-resolve and its soft geometry.
+
+The geometry is checked against hand-built boxes and against SynthRef's own (hard, numpy)
+rules; the counting dynamic programs against brute-force enumeration; the method end to end on
+a tiny generated SynthRef with the shipped CLIP and gold graphs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from refground.data.refer import load_refer_split
+from refground.data.synth import generate_synthref
+from refground.data.synth.expressions import TRUE, _box_gaps, _directional, _next_to
+from refground.errors import ConfigError, MissingDependencyError, UnknownNameError
+from refground.language import spatial
+from refground.methods import METHODS, build_method
+from refground.methods.crop_rank import CropRank
+from refground.methods.graph_resolve import (
+    GraphResolve,
+    GraphResolver,
+    ResolveConfig,
+    log_membership,
+)
+from refground.types import Entity, Relation, Sample, SceneGraph
+
+# Three boxes in a row near the bottom of a 100 x 200 image, and one high above the middle one.
+ROW = torch.tensor([[0.0, 140, 10, 150], [20, 140, 30, 150], [40, 140, 50, 150],
+                    [20, 0, 30, 10]])
+
+
+def geometry(boxes: torch.Tensor = ROW, width: float = 100, height: float = 200
+             ) -> spatial.Geometry:
+    return spatial.Geometry.of(boxes, width, height)
+
+
+def argmax(values: torch.Tensor) -> int:
+    return int(values.argmax())
+
+
+# --- relations ----------------------------------------------------------------------------------
+
+def test_directional_truth_tables_on_a_row() -> None:
+    left_of = spatial.relation("left of", geometry())
+    above = spatial.relation("above", geometry())
+    assert left_of is not None and above is not None
+    expected_left = torch.zeros(4, 4)
+    expected_left[0, 1] = expected_left[0, 2] = expected_left[1, 2] = 1.0
+    torch.testing.assert_close(left_of, expected_left)
+    expected_above = torch.zeros(4, 4)
+    expected_above[3, :3] = 1.0  # box 3 is above all three (within 45 degrees of vertical)
+    torch.testing.assert_close(above, expected_above)
+    torch.testing.assert_close(spatial.relation("right of", geometry()), expected_left.T)
+    torch.testing.assert_close(spatial.relation("below", geometry()), expected_above.T)
+    assert spatial.relation("to the left of", geometry()) is not None  # alias
+
+
+def random_layout(seed: int, count: int = 7) -> np.ndarray:
+    """Non-overlapping square boxes of mixed sizes in a 400 x 400 image."""
+    rng = np.random.default_rng(seed)
+    boxes: list[list[float]] = []
+    while len(boxes) < count:
+        side = rng.uniform(15, 60)
+        x, y = rng.uniform(0, 400 - side, size=2)
+        box = [x, y, x + side, y + side]
+        if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1]
+               for b in boxes):
+            boxes.append(box)
+    return np.array(boxes)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_soft_relations_agree_with_synthref_where_it_is_sure(seed: int) -> None:
+    boxes = random_layout(seed)
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    hard = {"left of": _directional(boxes, centers, 0), "above": _directional(boxes, centers, 1),
+            "next to": _next_to(_box_gaps(boxes), sides)}
+    geo = geometry(torch.tensor(boxes, dtype=torch.float32), 400, 400)
+    for predicate, truth in hard.items():
+        soft = spatial.relation(predicate, geo)
+        assert soft is not None
+        sure = truth != 0.5
+        np.testing.assert_allclose(soft.numpy()[sure], (truth[sure] == TRUE).astype(np.float32),
+                                   atol=1e-5, err_msg=predicate)
+
+
+def test_closest_to_depends_on_the_other_members() -> None:
+    # anchor 0; box 1 is 20 px from it, box 2 60 px, box 3 far away.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [30, 0, 40, 10], [70, 0, 80, 10], [300, 0, 310, 10]])
+    geo = geometry(boxes, 400, 100)
+    everyone = spatial.relation("closest to", geo, torch.ones(4))
+    assert everyone is not None
+    assert everyone[1, 0] == pytest.approx(1.0) and everyone[2, 0] == pytest.approx(0.0, abs=1e-5)
+    without_1 = spatial.relation("closest to", geo, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    assert without_1 is not None and without_1[2, 0] == pytest.approx(1.0)
+    half = spatial.relation("closest to", geo, torch.tensor([1.0, 0.5, 1.0, 1.0]))
+    assert half is not None and half[2, 0] == pytest.approx(0.5)  # 1 - P(box 1 is a member)
+    assert torch.diagonal(everyone).abs().max() == 0
+
+
+def test_between_containment_size_and_distance_relations() -> None:
+    geo = geometry()
+    between = spatial.between(geo)
+    assert between[1, 0, 2] == pytest.approx(1.0) and between[1, 2, 0] == pytest.approx(1.0)
+    assert between[0, 1, 2] == 0 and between[3, 0, 2] == 0 and between[1, 1, 2] == 0
+    nested = geometry(torch.tensor([[0.0, 0, 100, 100], [10, 10, 30, 30], [90, 90, 120, 120],
+                                    [300, 300, 310, 310]]), 400, 400)
+    inside = spatial.relation("inside", nested)
+    assert inside is not None
+    assert inside[1, 0] == 1 and inside[0, 1] == 0 and inside[2, 0] == 0  # 2 is 1/9 inside
+    bigger = spatial.relation("bigger than", nested)
+    smaller = spatial.relation("smaller than", nested)
+    assert bigger is not None and smaller is not None
+    assert bigger[0, 1] == 1 and bigger[1, 0] == 0 and smaller[1, 0] == 1
+    far = spatial.relation("far from", nested)
+    near = spatial.relation("near", nested)
+    assert far is not None and near is not None
+    assert far[3, 1] == 1 and far[1, 0] == 0 and near[1, 0] == 1 and near[3, 1] == 0
+    assert spatial.relation("wearing", geo) is None
+
+
+# --- counting and modifiers ---------------------------------------------------------------------
+
+def test_poisson_binomial_matches_enumeration() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.rand(3, 6, generator=generator, dtype=torch.float64)
+    got = spatial.count_distribution(probabilities, 6)
+    expected = torch.zeros(3, 7, dtype=torch.float64)
+    for outcome in itertools.product((0, 1), repeat=6):
+        chosen = torch.tensor(outcome, dtype=torch.bool)
+        mass = torch.where(chosen, probabilities, 1 - probabilities).prod(1)
+        expected[:, sum(outcome)] += mass
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(spatial.count_distribution(probabilities, 2), expected[:, :3])
+
+
+def test_balance_distribution_matches_enumeration() -> None:
+    generator = torch.Generator().manual_seed(1)
+    raw = torch.rand(2, 4, 3, generator=generator, dtype=torch.float64)
+    raw = raw / raw.sum(-1, keepdim=True)  # before / after / neither per event
+    before, after = raw[..., 0], raw[..., 1]
+    expected = torch.zeros(2, 9, dtype=torch.float64)
+    for outcome in itertools.product((0, 1, 2), repeat=4):
+        mass = torch.stack([raw[:, j, o] for j, o in enumerate(outcome)], 1).prod(1)
+        expected[:, 4 + outcome.count(0) - outcome.count(1)] += mass
+    torch.testing.assert_close(spatial.balance_distribution(before, after), expected)
+
+
+def test_superlatives_ordinals_and_middle_pick_the_right_box() -> None:
+    geo = geometry()
+    row = torch.tensor([1.0, 1.0, 1.0, 0.0])  # box 3 (above) is not a member
+    expected = {"leftmost": 0, "rightmost": 2, "middle": 1, "second from the right": 1,
+                "second from the left": 1, "third from the left": 2, "first from the right": 2}
+    for name, index in expected.items():
+        values = spatial.modifier(name, geo, row)
+        assert values is not None, name
+        assert argmax(values * row) == index, name
+    topmost = spatial.modifier("topmost", geo, torch.ones(4))
+    assert topmost is not None and argmax(topmost) == 3
+    gap = torch.tensor([1.0, 0.0, 1.0, 0.0])  # without the middle box, box 2 is second
+    second = spatial.modifier("second from the left", geo, gap)
+    assert second is not None and argmax(second * gap) == 2
+    leftmost = spatial.modifier("leftmost", geo, torch.tensor([0.5, 1.0, 1.0, 0.0]))
+    assert leftmost is not None  # box 1 is leftmost unless box 0 is a member: P = 1 - 0.5
+    torch.testing.assert_close(leftmost[:3], torch.tensor([1.0, 0.5, 0.0]))
+    assert spatial.modifier("shiny", geo, row) is None
+
+
+def test_regions_and_size_superlatives() -> None:
+    boxes = torch.tensor([[5.0, 5, 25, 25], [150, 160, 170, 180], [100, 100, 140, 140]])
+    geo = geometry(boxes, 200, 200)
+    for name in ("on the left", "at the top", "in the top left"):
+        values = spatial.modifier(name, geo, torch.ones(3))
+        assert values is not None
+        torch.testing.assert_close(values, torch.tensor([1.0, 0.0, 0.0]))
+    corner = spatial.modifier("in the bottom right", geo, torch.ones(3))
+    assert corner is not None  # box 2's centre is 0.4 from the bottom: SynthRef's UNSURE zone
+    assert corner[0] == 0 and corner[1] == 1 and 0 < corner[2] < 1
+    largest = spatial.modifier("largest", geo, torch.ones(3))
+    smaller = spatial.modifier("smaller", geo, torch.tensor([1.0, 1.0, 0.0]))
+    assert largest is not None and smaller is not None
+    assert argmax(largest) == 2
+    assert smaller[0] == smaller[1] == 0.5  # equal sizes: either is smaller by half a chance
+
+
+# --- resolving graphs ---------------------------------------------------------------------------
+
+def entity(span: str, *spatial_words: str) -> Entity:
+    return Entity(span, span.split()[-1], (), tuple(spatial_words))
+
+
+def log_members(*members: list[float]) -> list[torch.Tensor]:
+    return [torch.tensor(m).clamp(min=1e-6).log() for m in members]
+
+
+def test_resolver_chains_relations_and_survives_cycles() -> None:
+    # "the circle left of the square above the triangle": squares 1 and 3; only 3 is above
+    # a triangle (box 1 is not above anything), so the circle must be left of box 3.
+    boxes = torch.tensor([[0.0, 140, 10, 150], [20, 140, 30, 150], [40, 140, 50, 150],
+                          [60, 0, 70, 10], [30, 0, 40, 10], [80, 140, 90, 150]])
+    geo = geometry(boxes, 100, 200)
+    circles, squares, triangles = [0, 0, 0, 0, 1, 0], [0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1]
+    graph = SceneGraph((entity("circle"), entity("square"), entity("triangle")),
+                       (Relation(0, "left of", 1), Relation(1, "above", 2)))
+    resolver = GraphResolver(graph, log_members(circles, squares, triangles), geo,
+                             ResolveConfig())
+    assert argmax(resolver.resolve()) == 4
+    # Without the chain, the circle (box 4) is not left of box 1, the other square.
+    cyclic = replace(graph, relations=(*graph.relations, Relation(2, "right of", 0),
+                                       Relation(0, "wearing", 2)))
+    resolver = GraphResolver(cyclic, log_members(circles, squares, triangles), geo,
+                             ResolveConfig())
+    assert argmax(resolver.resolve()) == 4
+    assert any("cycle" in note for note in resolver.notes)
+    assert any("wearing" in note for note in resolver.notes)
+
+
+def test_resolver_applies_modifiers_and_the_inverse_direction() -> None:
+    geo = geometry()
+    rows = [1.0, 1.0, 1.0, 0.0]
+    resolver = GraphResolver(SceneGraph((entity("circle", "rightmost", "glowing"),)),
+                             log_members(rows), geo, ResolveConfig())
+    assert argmax(resolver.resolve()) == 2 and resolver.notes == [
+        "ignored unknown modifier 'glowing'"]
+    # "the square that the leftmost circle is right of": the referent is the relation's object.
+    graph = SceneGraph((entity("square"), entity("circle", "topmost")),
+                       (Relation(1, "above", 0),))
+    resolver = GraphResolver(graph, log_members([1.0, 0.0, 1.0, 0.0], [0, 0, 0, 1.0]), geo,
+                             ResolveConfig())
+    scores = resolver.resolve()
+    assert scores[0] == pytest.approx(scores[2].item())  # box 3 is above both squares
+    between = SceneGraph((entity("thing"), entity("squares")), (Relation(0, "between", 1),))
+    resolver = GraphResolver(between, log_members([1.0] * 4, [1.0, 0, 1.0, 0]), geo,
+                             ResolveConfig())
+    assert argmax(resolver.resolve()) == 1
+
+
+def test_log_membership_keeps_the_scorer_order() -> None:
+    scores = torch.tensor([0.5, 0.45, 0.1, -0.2])
+    for mode in ("relative", "split"):
+        values = log_membership(scores, mode, 0.1)
+        assert values.argsort(descending=True).tolist() == [0, 1, 2, 3]
+        assert values.max() <= 0
+    relative = log_membership(scores, "relative", 0.1).exp()
+    assert relative[0] == 1 and relative[1] == pytest.approx(math.exp(-0.5))
+    split = log_membership(scores, "split", 0.01).exp()
+    assert split[1] > 0.99 and split[2] < 0.01  # the cut falls in the 0.45 -> 0.1 drop
+
+
+# --- the method ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synth_samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_synthref(root, seed=11, num_images=48, workers=1)
+    return list(load_refer_split(root, "synthref", "synth", "train").samples)
+
+
+@pytest.fixture(scope="module")
+def crop_rank() -> CropRank:
+    return CropRank()
+
+
+def test_gold_graphs_beat_crop_rank_on_spatial_expressions(
+        synth_samples: list[Sample], crop_rank: CropRank, one_thread: None) -> None:
+    spatial_samples = [s for s in synth_samples
+                       if s.expression_type in ("relation", "position", "ordinal")]
+    assert len(spatial_samples) >= 40
+    method = build_method("graph-resolve", graphs="gold")
+    assert isinstance(method, GraphResolve)
+    method.scorer = crop_rank  # share the loaded CLIP and its caches
+
+    def accuracy(predictions: list) -> float:
+        hits = [p.box == s.gt_box for p, s in zip(predictions, spatial_samples, strict=True)]
+        return sum(hits) / len(hits)
+
+    graph_predictions = method.predict(spatial_samples)
+    baseline = accuracy(crop_rank.predict(spatial_samples))
+    resolved = accuracy(graph_predictions)
+    assert resolved > baseline + 0.1, (resolved, baseline)
+    assert all(p.extras["graph"] == "gold" for p in graph_predictions)
+
+
+def test_one_scorer_call_per_batch_and_the_fallback(synth_samples: list[Sample],
+                                                    crop_rank: CropRank,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = synth_samples[:6]
+    empty = replace(batch[0], graph=SceneGraph())
+    no_graph = replace(batch[1], graph=None)
+    method = GraphResolve(graphs="gold")
+    method.scorer = crop_rank
+    calls: list[list[str]] = []
+    original = crop_rank.score
+
+    def counting(items):  # type: ignore[no-untyped-def]
+        calls.append([item.sample.expression for item in items])
+        return original(items)
+
+    monkeypatch.setattr(crop_rank, "score", counting)
+    predictions = method.predict([empty, no_graph, *batch[2:]])
+    assert len(calls) == 1
+    assert len(calls[0]) == len(set(calls[0]))  # repeated phrases of an image asked once
+    monkeypatch.undo()
+    expected = crop_rank.predict([empty, no_graph])
+    for got, want in zip(predictions[:2], expected, strict=True):
+        assert got.extras == {"graph": "none", "graph_fallback": True}
+        assert got.box == want.box and got.candidates == want.candidates
+    assert not predictions[2].extras["graph_fallback"]
+
+
+def test_parsed_graphs_come_from_the_parser(synth_samples: list[Sample], crop_rank: CropRank,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import refground.language as language
+
+    seen: list[tuple[list[str], object, str]] = []
+
+    def graphs_for(texts, cache=None, backend="auto"):  # type: ignore[no-untyped-def]
+        seen.append((list(texts), cache, backend))
+        return [SceneGraph() for _ in texts]
+
+    monkeypatch.setattr(language, "graphs_for", graphs_for, raising=False)
+    method = GraphResolve(graphs="parsed", parser_backend="rules")
+    method.scorer = crop_rank
+    predictions = method.predict(synth_samples[:2])
+    assert seen == [([s.expression for s in synth_samples[:2]], {}, "rules")]
+    assert all(p.extras["graph"] == "none" for p in predictions)
+    monkeypatch.delattr(language, "graphs_for")
+    with pytest.raises(MissingDependencyError, match="graphs=gold"):
+        method.predict(synth_samples[:1])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"graphs": "oracle"}, "graphs must be one of"),
+    ({"temperature": 0}, "temperature must be > 0"),
+    ({"relation_weight": -1}, "relation_weight must be >= 0"),
+    ({"membership": "softmax"}, "membership must be one of"),
+    ({"entity_text": "words"}, "entity_text must be one of"),
+    ({"scorer": "largest"}, "does not score proposals"),
+    ({"scorer": "graph-resolve"}, "proposal-scoring method"),
+    ({"debias": 0}, "scorer_options"),
+    ({"clip": "a", "scorer_options": {"clip": "b"}}, "give it once"),
+    ({"scorer_options": "debias=0"}, "must be a mapping"),
+    ({"graph_cache": "/no/such/graphs.jsonl"}, "does not exist"),
+    ({"parser_backend": "gpt"}, "parser_backend must name a parser backend"),
+])
+def test_bad_options_are_config_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_method("graph-resolve", **options)
+
+
+def test_registered_and_forwarding_scorer_options() -> None:
+    assert "graph-resolve" in METHODS.names()
+    with pytest.raises(UnknownNameError, match="scorer-that-is-not"):
+        build_method("graph-resolve", scorer="scorer-that-is-not")
+    method = build_method("graph-resolve", graphs="gold", scorer="visual-prompt",
+                          proposals="gt", scorer_options={"debias": 0, "aggregate": "mean"})
+    assert isinstance(method, GraphResolve)
+    assert method.scorer.name == "visual-prompt" and method.scorer.aggregate == "mean"
+    assert method.config.temperature == pytest.approx(
+        3.5 / method.scorer.encoders[0].logit_scale)
+
+
+def test_cli_eval_with_gold_graphs(tmp_path: Path, one_thread: None) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from refground.cli import app
+
+    root = tmp_path / "data"
+    generate_synthref(root, seed=5, num_images=12, workers=1)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(root), "--split", "train", "--method", "graph-resolve",
+        "-o", "graphs=gold", "--limit", "12", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 12 and metrics["run"]["options"] == {"graphs": "gold"}
+
+
+def test_prepare_loads_the_datasets_graph_cache(tmp_path: Path) -> None:
+    cache = pytest.importorskip("refground.language.cache")
+    from refground.methods import DatasetInfo
+
+    graph = SceneGraph((entity("red circle"),))
+    path = cache.graph_cache_path(tmp_path / "synthref", "rules")
+    cache.write_graph_cache(path, {"the red circle": graph})
+    method = GraphResolve(graphs="parsed", parser_backend="rules", scorer_options={"debias": 0},
+                          scorer="visual-prompt")
+    method.prepare(DatasetInfo(tmp_path, "synthref", "synth"))
+    assert method.cache == {"the red circle": graph}
+    explicit = GraphResolve(graphs="parsed", graph_cache=str(path))
+    assert explicit.cache == {"the red circle": graph}
