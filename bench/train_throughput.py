@@ -1,6 +1,6 @@
 """Training-step throughput of each trainable model: the Trainer's path vs a naive loop.
 
-    .venv/bin/python bench/train_throughput.py --data data/synth [--methods regressor detr]
+    .venv/bin/python bench/train_throughput.py --data data/synth [--methods regressor detr erpa]
                                                [--steps 8] [--batch-size 16] [--workers 1]
 
 Both loops train the same model (built from configs/<method>.yaml) on the same SynthRef train
@@ -101,7 +101,7 @@ def naive_loop(method: TrainableMethod, samples: Sequence[Sample], batch_size: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/synth"))
-    parser.add_argument("--methods", nargs="+", default=["regressor", "detr"])
+    parser.add_argument("--methods", nargs="+", default=["regressor", "detr", "erpa"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)

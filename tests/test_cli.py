@@ -75,7 +75,7 @@ def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path) -> Non
     assert unknown.returncode == 2 and "Did you mean 'center'" in unknown.stderr
 
 
-@pytest.mark.parametrize("method", ["regressor", "detr"])
+@pytest.mark.parametrize("method", ["regressor", "detr", "erpa"])
 def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: Path) -> None:
     """configs/<method>.yaml, shrunk by --set overrides, trains from the CLI; the checkpoint
     evaluates through `refground eval -o checkpoint=` to the numbers the Trainer reported."""
@@ -90,6 +90,8 @@ def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: P
         "detr": {"image_size": 32, "backbone_widths": [8, 16], "d_model": 16, "ffn": 32,
                  "queries": 4, "encoder_layers": 1, "decoder_layers": 1,
                  "text_model": str(clip)},
+        "erpa": {"hidden": 16, "heads": 2, "decoder_layers": 1, "encoder_layers": 1,
+                 "clip": str(clip)},
     }[method]
     out = tmp_path / "run"
     config = Path(__file__).resolve().parents[1] / "configs" / f"{method}.yaml"
@@ -104,7 +106,7 @@ def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     assert "best val" in result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["options"]["clip" if method == "regressor" else "text_model"] == str(clip)
+    assert saved["options"]["text_model" if method == "detr" else "clip"] == str(clip)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 32 // 8
     metrics = run_eval(synth_root, method, tmp_path / "eval", "--split", "val", "--limit", "12",
