@@ -1,5 +1,6 @@
 """refground: visual grounding of referring expressions under one data model and one protocol."""
 
+from refground.api import Grounder
 from refground.errors import RefgroundError
 from refground.types import (
     Annotation,
@@ -17,6 +18,7 @@ __all__ = [
     "Annotation",
     "Candidate",
     "Entity",
+    "Grounder",
     "Prediction",
     "RefgroundError",
     "Relation",

@@ -26,6 +26,10 @@ class ImageError(RefgroundError):
     """An image is missing, unreadable, truncated or too large."""
 
 
+class InputError(RefgroundError, ValueError):
+    """A user's input to grounding is unusable (empty or overlong text, mismatched lists...)."""
+
+
 class ConfigError(RefgroundError, ValueError):
     """A config value or method option is invalid."""
 

@@ -34,6 +34,12 @@ class Method(ABC):
 
     name: str = "method"
 
+    @property
+    def needs_annotations(self) -> bool:
+        """Whether predictions come from the sample's annotated boxes (``proposals="gt"``,
+        the heuristics): then an image without annotations cannot be grounded."""
+        return False
+
     def prepare(self, info: DatasetInfo) -> None:  # noqa: B027 - optional hook, no-op default
         """Called once before evaluating on ``info``'s dataset; most methods need nothing."""
 

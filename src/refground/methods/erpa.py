@@ -73,7 +73,12 @@ from refground.methods.trainable import (
 from refground.types import Candidate, Entity, Prediction, Sample, SceneGraph
 from refground.vision.clip import ClipEncoder, CLIPModel
 from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
-from refground.vision.proposals import Proposals, Proposer, build_proposer
+from refground.vision.proposals import (
+    GroundTruthProposer,
+    Proposals,
+    Proposer,
+    build_proposer,
+)
 from refground.vision.shipped import SHIPPED_CLIP, resolve_clip_name
 
 
@@ -584,6 +589,10 @@ class ErpaMethod(TrainableMethod):
         collate = ErpaCollator(config, proposer, encoder.tokenizer, encoder.max_length,
                                preprocess, encoder.preprocess_config)
         return cls(config, model, device, collate=collate)
+
+    @property
+    def needs_annotations(self) -> bool:
+        return isinstance(self._collate.proposer, GroundTruthProposer)
 
     def state_to_save(self) -> dict[str, Tensor]:
         if self.config.freeze_clip:

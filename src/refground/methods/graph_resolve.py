@@ -351,6 +351,10 @@ class GraphResolve(Method):
 
     # --- graphs -----------------------------------------------------------------------------
 
+    @property
+    def needs_annotations(self) -> bool:
+        return self.scorer.needs_annotations
+
     def prepare(self, info: DatasetInfo) -> None:
         """Prepare the scorer; with parsed graphs, load ``<root>/<dataset>/graphs.<backend>.jsonl``
         if it was written, so parsing (an LLM, perhaps) is not repeated."""

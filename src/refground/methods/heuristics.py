@@ -24,6 +24,7 @@ from refground.types import Candidate, Prediction, Sample
 @METHODS.register("oracle")
 class OracleMethod(Method):
     name = "oracle"
+    needs_annotations = True  # type: ignore[assignment]  # (the gt box, in fact)
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
         predictions = []
@@ -35,6 +36,8 @@ class OracleMethod(Method):
 
 
 class _RankAnnotations(Method):
+    needs_annotations = True  # type: ignore[assignment]
+
     """Rank the image's annotated boxes by a score; no annotations -> the whole image."""
 
     @abstractmethod

@@ -23,7 +23,7 @@ from refground.methods.base import Method
 from refground.types import Prediction, Sample
 from refground.vision.clip import ClipEncoder
 from refground.vision.preprocess import pil_to_tensor
-from refground.vision.proposals import Proposals, build_proposer
+from refground.vision.proposals import GroundTruthProposer, Proposals, build_proposer
 from refground.vision.shipped import SHIPPED_CLIP, load_clip
 
 
@@ -58,6 +58,10 @@ class ProposalScoringMethod(Method):
             self.encoders = [load_clip(name, device, clip_batch_size, text_cache_dir, dtype)
                              for name in as_name_list(clip)]
         self.proposer = build_proposer(proposals, **dict(proposal_options or {}))
+
+    @property
+    def needs_annotations(self) -> bool:
+        return isinstance(self.proposer, GroundTruthProposer)
 
     @abstractmethod
     def score(self, items: Sequence[ScoringItem]) -> list[Tensor]:

@@ -1,0 +1,159 @@
+"""The Python API for grounding your own images: ``Grounder.load(...).ground(image, text)``.
+
+Methods work on :class:`~refground.types.Sample` values that point at image files, the same
+values the evaluation harness feeds them, so an image given in memory (PIL, numpy array,
+encoded bytes) is written once to a private temporary directory as PNG and the method reads
+it from there like any dataset image. Nothing else about a method changes between
+``refground eval`` and ``Grounder.ground``.
+
+Methods that choose among proposals need candidate boxes. With a detector proposer
+(``proposals="owlvit"``, ...) they come from the image; with ``proposals="gt"`` (the default of
+the CLIP methods, and the only one that works offline here) pass them as ``boxes=``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from refground import boxes as B
+from refground.errors import BoxError, ImageError, InputError
+from refground.images import load_image
+from refground.methods.base import Method, build_method
+from refground.types import Annotation, Prediction, Sample
+
+#: Longest expression accepted: referring expressions are a sentence, not a document.
+MAX_TEXT_CHARS = 1000
+
+GroundImage = str | Path | bytes | Image.Image | np.ndarray
+BoxLike = Sequence[float]
+
+
+def check_text(text: object) -> str:
+    """The expression with whitespace collapsed; empty, non-string or overlong text raises."""
+    if not isinstance(text, str):
+        raise InputError(f"the expression must be a string, got {type(text).__name__}")
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise InputError("the expression is empty; describe the object to find")
+    if len(cleaned) > MAX_TEXT_CHARS:
+        raise InputError(f"the expression has {len(cleaned)} characters, more than the limit of "
+                         f"{MAX_TEXT_CHARS}; shorten it")
+    return cleaned
+
+
+def as_pil(image: GroundImage) -> Image.Image:
+    """Any accepted image input as an RGB PIL image (arrays: HxW or HxWxC, uint8 or [0, 1])."""
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ImageError(f"an image array must be HxW, HxWx3 or HxWx4, got {array.shape}")
+        if array.dtype != np.uint8:
+            if not np.isfinite(array).all():
+                raise ImageError("the image array holds NaN or infinite values")
+            scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
+            array = np.clip(array * scale, 0, 255).astype(np.uint8)
+        return load_image(Image.fromarray(array))
+    if isinstance(image, (str, Path, bytes, Image.Image)):
+        return load_image(image)
+    raise ImageError(f"cannot use a {type(image).__name__} as an image; give a path, PIL image, "
+                     "numpy array or encoded bytes")
+
+
+def check_boxes(boxes: Sequence[BoxLike], width: int, height: int) -> list[tuple[float, ...]]:
+    """Candidate boxes (xyxy pixels) validated against the image: inside it, not inverted."""
+    tensor = B.check_boxes(B.as_tensor([list(b) for b in boxes], "candidate boxes"),
+                           "candidate boxes")
+    outside = ((tensor[:, 0] < 0) | (tensor[:, 1] < 0) | (tensor[:, 2] > width)
+               | (tensor[:, 3] > height))
+    if outside.any():
+        row = int(outside.nonzero()[0, 0])
+        raise BoxError(f"candidate box {row} {tuple(tensor[row].tolist())} lies outside the "
+                       f"{width}x{height} image; boxes are xyxy pixels")
+    return [B.to_tuple(box) for box in tensor]
+
+
+@dataclass(frozen=True)
+class Grounder:
+    """A loaded method plus the plumbing from user inputs to samples. Safe to share between
+    threads: calls into the model are serialised by a lock (one model, one forward at a time)."""
+
+    method: Method
+    method_name: str
+    workdir: Path
+    _lock: Any
+    _cleanup: Any
+
+    @classmethod
+    def load(cls, method: str = "visual-prompt", **options: Any) -> Grounder:
+        """Build a registered method (``refground methods`` lists them) with its options."""
+        built = build_method(method, **options)
+        temporary = tempfile.TemporaryDirectory(prefix="refground-")
+        return cls(built, method, Path(temporary.name), threading.Lock(), temporary)
+
+    def ground(self, image: GroundImage, text: str,
+               boxes: Sequence[BoxLike] | None = None) -> Prediction:
+        """The box ``text`` refers to in ``image``, with score and ranked candidates."""
+        return self.ground_batch([image], [text], None if boxes is None else [boxes])[0]
+
+    def ground_batch(self, images: Sequence[GroundImage], texts: Sequence[str],
+                     boxes: Sequence[Sequence[BoxLike] | None] | None = None) -> list[Prediction]:
+        """One prediction per (image, text) pair; the same image may appear several times."""
+        if isinstance(texts, str) or len(images) != len(texts):
+            raise InputError(f"ground_batch needs one text per image: got {len(images)} images "
+                             f"and {1 if isinstance(texts, str) else len(texts)} texts")
+        if boxes is not None and len(boxes) != len(images):
+            raise InputError(f"boxes must be None or one list per image ({len(images)})")
+        samples = [self.sample(i, image, text, None if boxes is None else boxes[i])
+                   for i, (image, text) in enumerate(zip(images, texts, strict=True))]
+        if not samples:
+            return []
+        with self._lock:
+            return self.method.predict(samples)
+
+    def sample(self, index: int, image: GroundImage, text: str,
+               boxes: Sequence[BoxLike] | None) -> Sample:
+        """A Sample for one input: image stored (or pointed at), text and boxes checked."""
+        expression = check_text(text)
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            pil = load_image(path)
+        else:
+            pil = as_pil(image)
+            path = self.store(pil)
+        annotations: tuple[Annotation, ...] = ()
+        if boxes is not None:
+            annotations = tuple(Annotation(ann_id=k, box=box, category_id=0, category="object")
+                                for k, box in enumerate(check_boxes(boxes, pil.width,
+                                                                    pil.height)))
+        elif self.method.needs_annotations:
+            raise InputError(f"{self.method_name} chooses among candidate boxes and was built "
+                             "with proposals='gt': pass boxes=[[x0, y0, x1, y1], ...] or build "
+                             "it with a detector (proposals='owlvit', ...)")
+        return Sample(sample_id=str(index), image_path=path, width=pil.width, height=pil.height,
+                      expression=expression, annotations=annotations)
+
+    def store(self, image: Image.Image) -> Path:
+        """Write an in-memory image as PNG under the work directory (once per content)."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = self.workdir / f"{hashlib.sha1(data).hexdigest()}.png"
+        if not path.exists():
+            path.write_bytes(data)
+        return path
+
+    def close(self) -> None:
+        """Delete the temporary images (also done when the Grounder is garbage-collected)."""
+        self._cleanup.cleanup()
