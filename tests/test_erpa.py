@@ -220,3 +220,23 @@ def test_regress_head_loss_matches_an_independent_computation(clip_dir: Path,
     giou = torch.stack([1 - B.giou(B.cxcywh_to_xyxy(p[None]), B.cxcywh_to_xyxy(t[None]))[0]
                         for p, t in zip(pred, target, strict=True)]).mean()
     assert losses["loss"].item() == pytest.approx((2 * l1 + 3 * giou).item(), rel=1e-5)
+
+
+def test_parsed_graphs_come_from_the_dataset_cache(clip_dir: Path, samples: list[Sample],
+                                                   tmp_path: Path) -> None:
+    """prepare() reads graphs.<backend>.jsonl; a cached graph wins over parsing."""
+    from refground.language import cache_key, graph_cache_path, write_graph_cache
+    from refground.methods.base import DatasetInfo
+
+    sample = samples[0]
+    planted = SceneGraph((Entity("the planted thing", "thing"), Entity("the anchor", "anchor")),
+                         (Relation(0, "far from", 1),))
+    write_graph_cache(graph_cache_path(tmp_path / "synthref", "rules"),
+                      {cache_key(sample.expression): planted})
+    method = build_method("erpa", clip=str(clip_dir),
+                          **{**TINY, "graphs": "parsed", "parser_backend": "rules"})
+    parsed = method.collator()([sample])
+    method.prepare(DatasetInfo(tmp_path, "synthref", "synth"))
+    cached = method.collator()([sample])
+    assert cached["node_entity"].max() == 1 and cached["edge_mask"].any()
+    assert not torch.equal(parsed["input_ids"], cached["input_ids"])

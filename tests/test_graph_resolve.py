@@ -19,7 +19,7 @@ import torch
 from refground.data.refer import load_refer_split
 from refground.data.synth import generate_synthref
 from refground.data.synth.expressions import TRUE, _box_gaps, _directional, _next_to
-from refground.errors import ConfigError, MissingDependencyError, UnknownNameError
+from refground.errors import ConfigError, UnknownNameError
 from refground.language import spatial
 from refground.methods import METHODS, build_method
 from refground.methods.crop_rank import CropRank
@@ -316,25 +316,18 @@ def test_one_scorer_call_per_batch_and_the_fallback(synth_samples: list[Sample],
     assert not predictions[2].extras["graph_fallback"]
 
 
-def test_parsed_graphs_come_from_the_parser(synth_samples: list[Sample], crop_rank: CropRank,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import refground.language as language
+def test_parsed_graphs_come_from_the_parser(synth_samples: list[Sample],
+                                            crop_rank: CropRank) -> None:
+    """graphs=parsed runs the real parser (rules backend here) on each expression."""
+    from refground.language import parse
 
-    seen: list[tuple[list[str], object, str]] = []
-
-    def graphs_for(texts, cache=None, backend="auto"):  # type: ignore[no-untyped-def]
-        seen.append((list(texts), cache, backend))
-        return [SceneGraph() for _ in texts]
-
-    monkeypatch.setattr(language, "graphs_for", graphs_for, raising=False)
     method = GraphResolve(graphs="parsed", parser_backend="rules")
     method.scorer = crop_rank
-    predictions = method.predict(synth_samples[:2])
-    assert seen == [([s.expression for s in synth_samples[:2]], {}, "rules")]
-    assert all(p.extras["graph"] == "none" for p in predictions)
-    monkeypatch.delattr(language, "graphs_for")
-    with pytest.raises(MissingDependencyError, match="graphs=gold"):
-        method.predict(synth_samples[:1])
+    chosen = synth_samples[:3]
+    for prediction, sample in zip(method.predict(chosen), chosen, strict=True):
+        expected = parse(sample.expression, backend="rules")
+        assert prediction.extras["scene_graph"] == expected.to_dict()
+        assert prediction.extras["graph"] == "parsed"
 
 
 @pytest.mark.parametrize(("options", "message"), [

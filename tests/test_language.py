@@ -238,14 +238,16 @@ def test_two_processes_equal_one(backend: str) -> None:
 
 
 def test_graphs_for_uses_cache_then_memo_then_parser() -> None:
+    """The cache answers first, even for a text this process has parsed and memoised."""
     sentinel = SceneGraph((Entity("cached", "cached"),))
     texts = ["The  Dog", "left cat", "", "left cat"]
     graphs = graphs_for(texts, cache={"the dog": sentinel}, backend="rules")
     assert graphs[0] is sentinel
     assert graphs[1] == parse("left cat", backend="rules") and graphs[3] == graphs[1]
     assert graphs[2] == SceneGraph()  # refused text: no structure, no error
-    # the memo now answers without the cache
-    assert graphs_for(["the dog"], backend="rules") == [sentinel]
+    # "left cat" is memoised now; a cache entry for it still wins
+    assert graphs_for(["left cat"], cache={"left cat": sentinel}, backend="rules") == [sentinel]
+    assert graphs_for(["left cat"], backend="rules") == [graphs[1]]
 
 
 def test_cache_round_trip(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@ relations in SynthRef's canonical vocabulary.
 :mod:`refground.language.lexicon` for the vocabulary.
 """
 
-from refground.language.cache import graph_cache_path, load_graph_cache, write_graph_cache
+from refground.language.cache import (
+    dataset_graphs,
+    graph_cache_path,
+    load_graph_cache,
+    write_graph_cache,
+)
 from refground.language.errors import GraphCacheError, ParseError
 from refground.language.parser import (
     BACKENDS,
@@ -28,6 +33,7 @@ __all__ = [
     "ParseError",
     "cache_key",
     "clear_parser_cache",
+    "dataset_graphs",
     "get_parser",
     "graph_cache_path",
     "graphs_for",

@@ -35,10 +35,25 @@ def write_graph_cache(path: Path, mapping: Mapping[str, SceneGraph]) -> None:
             for text, graph in mapping.items():
                 stream.write(json.dumps({"text": text, "graph": graph.to_dict()},
                                         ensure_ascii=False) + "\n")
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; a cache is shared data
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def dataset_graphs(dataset_dir: Path, backend: str = "auto") -> dict[str, SceneGraph]:
+    """The graphs ``refground prepare-graphs`` cached for a dataset, or ``{}`` if it was not run.
+
+    ``auto`` means the backend :func:`~refground.language.get_parser` would pick here, because
+    caches are named by the backend that wrote them.
+    """
+    if backend == "auto":
+        from refground.language.parser import get_parser
+
+        backend = get_parser(backend).backend
+    path = graph_cache_path(dataset_dir, backend)
+    return load_graph_cache(path) if path.is_file() else {}
 
 
 def load_graph_cache(path: Path) -> dict[str, SceneGraph]:

@@ -156,6 +156,9 @@ def graphs_for(texts: Iterable[str], cache: Mapping[str, SceneGraph] | None = No
                backend: str = "auto") -> list[SceneGraph]:
     """Graphs for a method's expressions: from ``cache``, an in-process memo, else parsed.
 
+    The cache wins over the memo: it is what the caller asked to use (a prepared dataset
+    file, perhaps from a better parser) even when this process parsed the text before.
+
     Texts are looked up by :func:`~refground.language.text.cache_key` (lowercase, whitespace
     collapsed); the misses are parsed together in one batch. Unlike :func:`parse`, a text the
     parser refuses (empty, too long) gives ``SceneGraph()``: callers treat a graph without
@@ -165,12 +168,9 @@ def graphs_for(texts: Iterable[str], cache: Mapping[str, SceneGraph] | None = No
     memo = _memo.setdefault(parser.backend, {})
     keys = [cache_key(text) for text in texts]
     missing: list[str] = []
+    cache = cache or {}
     for key in dict.fromkeys(keys):
-        if key in memo:
-            continue
-        cached = cache.get(key) if cache is not None else None
-        if cached is not None:
-            memo[key] = cached
+        if key in memo or key in cache:
             continue
         try:
             check_expression(key)
@@ -184,5 +184,5 @@ def graphs_for(texts: Iterable[str], cache: Mapping[str, SceneGraph] | None = No
             memo.clear()
             memo.update(kept)
         memo.update(zip(missing, parser.parse_many(missing), strict=True))
-    return [memo[key] for key in keys]
+    return [cache[key] if key in cache else memo[key] for key in keys]
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from refground import boxes as B
 from refground.errors import ConfigError
 from refground.images import load_image
-from refground.methods.base import METHODS
+from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.trainable import (
     Batch,
     MethodConfig,
@@ -123,8 +123,10 @@ def referent_only(expression: str) -> SceneGraph:
     return SceneGraph((Entity(span=expression, head=expression),))
 
 
-def sample_graphs(samples: Sequence[Sample], source: str, backend: str) -> list[SceneGraph]:
-    """Each sample's graph: gold (``Sample.graph``) or parsed; never one without entities."""
+def sample_graphs(samples: Sequence[Sample], source: str, backend: str,
+                  cache: Mapping[str, SceneGraph] | None = None) -> list[SceneGraph]:
+    """Each sample's graph: gold (``Sample.graph``) or parsed (``cache`` first); never one
+    without entities."""
     if source == "gold":
         missing = [s.sample_id for s in samples if s.graph is None]
         if missing:
@@ -134,7 +136,7 @@ def sample_graphs(samples: Sequence[Sample], source: str, backend: str) -> list[
     else:
         from refground.language import graphs_for
 
-        graphs = graphs_for([s.expression for s in samples], backend=backend)
+        graphs = graphs_for([s.expression for s in samples], cache, backend=backend)
     return [g if g is not None and g.entities else referent_only(s.expression)
             for g, s in zip(graphs, samples, strict=True)]
 
@@ -223,6 +225,7 @@ class ErpaCollator:
     max_length: int
     preprocess: ClipPreprocessConfig
     crop_preprocess: ClipPreprocessConfig
+    graph_cache: dict[str, SceneGraph] = field(default_factory=dict, repr=False)
 
     def detections(self, images: Sequence[Image.Image], samples: Sequence[Sample],
                    graphs: Sequence[SceneGraph]) -> list[list[Proposals]]:
@@ -247,7 +250,8 @@ class ErpaCollator:
                 decoded[sample.image_path] = load_image(sample.image_path)
         images = [decoded[s.image_path] for s in samples]
         graphs = [truncate_graph(g, self.config.max_entities) for g in
-                  sample_graphs(samples, self.config.graphs, self.config.parser_backend)]
+                  sample_graphs(samples, self.config.graphs, self.config.parser_backend,
+                                self.graph_cache)]
         texts = sorted({e.span for g in graphs for e in g.entities}
                        | {r.predicate for g in graphs for r in g.relations})
         text_index = {text: i for i, text in enumerate(texts)}
@@ -593,6 +597,15 @@ class ErpaMethod(TrainableMethod):
     @property
     def needs_annotations(self) -> bool:
         return isinstance(self._collate.proposer, GroundTruthProposer)
+
+    def prepare(self, info: DatasetInfo) -> None:
+        """Parsed graphs: read the dataset's graph cache (``refground prepare-graphs``), if
+        any, so neither training workers nor evaluation parse again."""
+        if self.config.graphs == "parsed":
+            from refground.language import dataset_graphs
+
+            self._collate.graph_cache.update(
+                dataset_graphs(Path(info.root) / info.dataset, self.config.parser_backend))
 
     def state_to_save(self) -> dict[str, Tensor]:
         if self.config.freeze_clip:

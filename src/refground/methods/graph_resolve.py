@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from refground.errors import ConfigError, MissingDependencyError
+from refground.errors import ConfigError
 from refground.language import spatial
 from refground.methods.base import METHODS, DatasetInfo, Method
 from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
@@ -320,7 +320,7 @@ class GraphResolve(Method):
                                     modifier_weight, relation_weight)
         self.cache: dict[str, SceneGraph] = {}
         if graph_cache is not None:
-            self._load_cache(Path(graph_cache), required=True)
+            self._load_cache(Path(graph_cache))
 
     @staticmethod
     def _build_scorer(name: object, scorer_options: Mapping[str, Any] | None,
@@ -361,22 +361,14 @@ class GraphResolve(Method):
         self.scorer.prepare(info)
         if self.graphs != "parsed" or self.cache:
             return
-        try:
-            from refground.language import get_parser
-            from refground.language.cache import graph_cache_path
-        except ImportError:
-            return  # no parser package: predict() says so if parsed graphs are needed
-        backend = self.parser_backend
-        if backend == "auto":  # caches are named by the backend that wrote them
-            backend = get_parser(backend).backend
-        self._load_cache(Path(graph_cache_path(info.root / info.dataset, backend)),
-                         required=False)
+        from refground.language import dataset_graphs
 
-    def _load_cache(self, path: Path, required: bool) -> None:
+        self.cache = dataset_graphs(Path(info.root) / info.dataset, self.parser_backend)
+        log.info("graph-resolve: %d cached graphs for %s", len(self.cache), info.dataset)
+
+    def _load_cache(self, path: Path) -> None:
         if not path.is_file():
-            if required:
-                raise ConfigError(f"graph_cache {path} does not exist")
-            return
+            raise ConfigError(f"graph_cache {path} does not exist")
         from refground.language.cache import load_graph_cache
 
         self.cache = dict(load_graph_cache(path))
@@ -385,12 +377,8 @@ class GraphResolve(Method):
     def _graphs(self, samples: Sequence[Sample]) -> list[SceneGraph]:
         if self.graphs == "gold":
             return [s.graph if s.graph is not None else SceneGraph() for s in samples]
-        try:
-            from refground.language import graphs_for
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"graph-resolve with graphs=parsed needs refground.language.graphs_for "
-                f"({exc}); use -o graphs=gold on datasets with gold graphs") from exc
+        from refground.language import graphs_for
+
         return list(graphs_for([s.expression for s in samples], self.cache,
                                backend=self.parser_backend))
 

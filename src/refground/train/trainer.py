@@ -33,7 +33,7 @@ from refground.errors import ConfigError, RefgroundError
 from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
 from refground.evaluate.runner import batched
-from refground.methods import build_method
+from refground.methods import DatasetInfo, build_method
 from refground.methods.trainable import TrainableMethod, move_batch
 from refground.train.checkpoint import (
     CheckpointError,
@@ -254,6 +254,9 @@ class Trainer:
         self.progress = progress
         self.log = log if self.accelerator.is_main_process else (lambda _: None)
         self.train_samples, self.val_samples = self._load_data()
+        data = config.data
+        self.method.prepare(DatasetInfo(Path(data.root), data.dataset, data.split_by,
+                                        Path(data.images) if data.images else None))
         self.steps_per_epoch = self.plan.steps_per_epoch(len(self.train_samples))
         if self.steps_per_epoch == 0:
             raise ConfigError(f"{len(self.train_samples)} training samples make no full batch "
@@ -274,7 +277,7 @@ class Trainer:
         method = build_method(self.config.method, **options)
         if not isinstance(method, TrainableMethod):
             raise ConfigError(f"method {self.config.method!r} is not trainable (trainable: "
-                              "regressor, detr)")
+                              "regressor, detr, erpa)")
         return method
 
     def _load_data(self) -> tuple[list[Sample], list[Sample]]:
