@@ -240,3 +240,18 @@ def test_parsed_graphs_come_from_the_dataset_cache(clip_dir: Path, samples: list
     cached = method.collator()([sample])
     assert cached["node_entity"].max() == 1 and cached["edge_mask"].any()
     assert not torch.equal(parsed["input_ids"], cached["input_ids"])
+
+
+def test_subject_logsumexp_matches_a_loop() -> None:
+    from refground.methods.erpa import subject_logsumexp
+
+    torch.manual_seed(1)
+    edge_nodes = torch.tensor([[[0, 3], [0, 4], [2, 3], [1, 1]], [[1, 0], [1, 2], [0, 0], [0, 0]]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    logits = torch.randn(2, 4) * 3
+    got = subject_logsumexp(logits, {"edge_nodes": edge_nodes, "edge_mask": mask}, count=5)
+    for b in range(2):
+        for node in range(5):
+            mine = [logits[b, e] for e in range(4) if mask[b, e] and edge_nodes[b, e, 0] == node]
+            expected = torch.logsumexp(torch.stack(mine), 0) if mine else torch.tensor(0.0)
+            assert got[b, node].item() == pytest.approx(expected.item(), abs=1e-5)

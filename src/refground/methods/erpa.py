@@ -16,7 +16,7 @@ related in the graph becomes an *edge*. Then:
    tokens, padding masked) and an MLP on ``[REG]`` regress the box: sigmoid ``cxcywh``,
    L1 + GIoU loss.
 
-Five additions, each switchable (``False`` gives the report's design):
+Six additions, each switchable (``False`` gives the report's design):
 
 * ``box_embedding``: node and edge queries also get an MLP embedding of their box (and
   detection score). In the report a query's position is only known through its heatmap mask;
@@ -34,6 +34,11 @@ Five additions, each switchable (``False`` gives the report's design):
   the shipped SynthRef CLIP, picking the referent's proposal by the similarity of its
   heatmap-pooled patch tokens to the text is *below* chance on attribute expressions (0.15 vs
   0.20, val), while crops are what that CLIP was trained on.
+* ``pair_reasoning``: an edge query also gets a projection of its two node queries (so an
+  edge token knows *which* detections it joins, not just where their union is), and with the
+  select head a node's logit adds the log-sum-exp of the logits of its edges as subject: "the
+  cup left of the plate" scores a cup by its best plate-and-relation pair, the shape of
+  reasoning graph-resolve does by hand.
 * ``head="select"``: instead of regressing, score every referent node and answer its box
   (cross-entropy to the node that best overlaps the target). With good proposals a pointer
   cannot be slightly off; a regressor can.
@@ -107,6 +112,7 @@ class ErpaConfig(MethodConfig):
     role_embedding: bool = True
     match_embedding: bool = True
     node_crops: bool = True
+    pair_reasoning: bool = True
     head: Literal["regress", "select"] = "regress"
     l1_weight: float = Field(5.0, ge=0.0)
     giou_weight: float = Field(2.0, ge=0.0)
@@ -414,6 +420,8 @@ class ErpaModel(nn.Module):
         self.role_embed = nn.Embedding(config.max_entities, dim)
         self.kind_embed = nn.Embedding(2, dim)  # node, edge
         self.match_proj = nn.Linear(dim, dim)
+        self.pair_proj = nn.Linear(2 * dim, dim)
+        self.edge_head = nn.Linear(dim, 1)
         projection = int(clip.visual_projection.out_features)
         self.crop_embed = nn.Sequential(nn.Linear(projection + 1, dim), nn.ReLU(),
                                         nn.Linear(dim, dim))
@@ -491,6 +499,10 @@ class ErpaModel(nn.Module):
             nodes = nodes + self.role_embed(batch["node_entity"])
         if crop_features is not None:
             nodes = nodes + self.crop_embed(crop_features)
+        if self.config.pair_reasoning:
+            ends = torch.gather(nodes, 1, edge_nodes.reshape(edge_nodes.shape[0], -1, 1)
+                                .expand(-1, -1, nodes.shape[-1]))
+            edges = edges + self.pair_proj(ends.reshape(*edge_nodes.shape[:2], -1))
         return nodes, edges, union
 
     def attention_bias(self, batch: Batch, union: Tensor) -> Tensor:
@@ -526,9 +538,25 @@ class ErpaModel(nn.Module):
         encoded = self.final_norm(self.encoder(sequence, src_key_padding_mask=~valid))
         count = nodes.shape[1]
         node_logits = self.node_head(encoded[:, 1:1 + count]).squeeze(-1).float()
+        if self.config.pair_reasoning:
+            edge_logits = self.edge_head(encoded[:, 1 + count:]).squeeze(-1).float()
+            node_logits = node_logits + subject_logsumexp(edge_logits, batch, count)
         referent = batch["node_mask"] & (batch["node_entity"] == 0)
         return {"boxes": self.box_head(encoded[:, 0]).float().sigmoid(),
                 "node_logits": node_logits.masked_fill(~referent, float("-inf"))}
+
+
+def subject_logsumexp(edge_logits: Tensor, batch: Batch, count: int) -> Tensor:
+    """``(B, N)``: per node, log-sum-exp of the logits of the edges it is the subject of
+    (0 for a node in no edge), by scatter-add, without a loop over edges."""
+    mask = batch["edge_mask"]
+    subjects = batch["edge_nodes"][..., 0]
+    shift = edge_logits.masked_fill(~mask, float("-inf")).amax(1, keepdim=True)
+    shift = shift.nan_to_num(0.0, 0.0, 0.0).detach()
+    weights = torch.where(mask, (edge_logits - shift).exp(), torch.zeros_like(edge_logits))
+    sums = edge_logits.new_zeros((edge_logits.shape[0], count)).scatter_add(1, subjects, weights)
+    has_edges = torch.zeros_like(sums).scatter_add(1, subjects, mask.float()) > 0
+    return torch.where(has_edges, sums.clamp_min(1e-30).log() + shift, torch.zeros_like(sums))
 
 
 # --- losses and decoding ----------------------------------------------------------------------
