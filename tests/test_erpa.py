@@ -255,3 +255,27 @@ def test_subject_logsumexp_matches_a_loop() -> None:
             mine = [logits[b, e] for e in range(4) if mask[b, e] and edge_nodes[b, e, 0] == node]
             expected = torch.logsumexp(torch.stack(mine), 0) if mine else torch.tensor(0.0)
             assert got[b, node].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+REPORT_DESIGN = {"box_embedding": False, "role_embedding": False, "match_embedding": False,
+                 "node_crops": False, "pair_reasoning": False, "head": "regress"}
+
+
+@pytest.mark.parametrize("options", [{}, {"head": "select"}, REPORT_DESIGN],
+                         ids=["regress", "select", "report-design"])
+def test_every_trainable_weight_gets_a_gradient(options: dict, clip_dir: Path,
+                                                samples: list[Sample]) -> None:
+    """Unused parameters break DDP (find_unused_parameters=False) and bloat checkpoints: each
+    configuration builds exactly the modules it uses."""
+    method = build_method("erpa", clip=str(clip_dir), **{**TINY, **options})
+    relational = [s for s in samples if s.graph is not None and s.graph.relations][:2]
+    batch = method.collator()(relational + samples[:2])
+    method.loss(batch, method.model(batch))["loss"].backward()
+    missing = [name for name, p in method.model.named_parameters()
+               if p.requires_grad and p.grad is None]
+    assert missing == []
+    if options is REPORT_DESIGN:
+        saved = method.state_to_save()
+        for addition in ("box_embed", "role_embed", "match_proj", "crop_embed", "pair_proj",
+                         "edge_head", "node_head"):
+            assert not any(key.startswith(addition) for key in saved)

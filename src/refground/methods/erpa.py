@@ -52,7 +52,7 @@ grows with the edges a graph has, not with the square of its detections.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -361,6 +361,14 @@ def sinusoidal(positions: Tensor, dim: int) -> Tensor:
     return F.pad(encoding, (0, dim - 2 * half))
 
 
+def optional(enabled: bool, build: Callable[[], nn.Module]) -> nn.Module | None:
+    return build() if enabled else None
+
+
+def mlp(inputs: int, dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(inputs, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+
 class MaskedCrossAttention(nn.Module):
     """Multi-head attention from queries to patch tokens with an additive logit bias."""
 
@@ -405,7 +413,8 @@ class DecoderLayer(nn.Module):
 
 
 class ErpaModel(nn.Module):
-    """``model(batch) -> {"boxes": (B, 4), "node_logits": (B, N)}`` (normalised cxcywh)."""
+    """``model(batch) -> {"boxes": (B, 4)}`` (regress: normalised cxcywh) or
+    ``{"node_logits": (B, N)}`` (select: -inf on nodes that are not the referent's)."""
 
     def __init__(self, config: ErpaConfig, clip: CLIPModel) -> None:
         super().__init__()
@@ -416,15 +425,18 @@ class ErpaModel(nn.Module):
         self.grid = int(vision.image_size) // int(vision.patch_size)
         self.patch_proj = nn.Linear(int(vision.hidden_size), dim)
         self.text_proj = nn.Linear(int(clip.config.text_config.hidden_size), dim)
-        self.box_embed = nn.Sequential(nn.Linear(5, dim), nn.ReLU(), nn.Linear(dim, dim))
-        self.role_embed = nn.Embedding(config.max_entities, dim)
         self.kind_embed = nn.Embedding(2, dim)  # node, edge
-        self.match_proj = nn.Linear(dim, dim)
-        self.pair_proj = nn.Linear(2 * dim, dim)
-        self.edge_head = nn.Linear(dim, 1)
+        # the switchable additions exist only when on: a module that gets no gradient is an
+        # error under DDP, and a checkpoint should hold only what the model uses
+        select = config.head == "select"
         projection = int(clip.visual_projection.out_features)
-        self.crop_embed = nn.Sequential(nn.Linear(projection + 1, dim), nn.ReLU(),
-                                        nn.Linear(dim, dim))
+        self.box_embed = optional(config.box_embedding, lambda: mlp(5, dim))
+        self.role_embed = optional(config.role_embedding,
+                                   lambda: nn.Embedding(config.max_entities, dim))
+        self.match_proj = optional(config.match_embedding, lambda: nn.Linear(dim, dim))
+        self.crop_embed = optional(config.node_crops, lambda: mlp(projection + 1, dim))
+        self.pair_proj = optional(config.pair_reasoning, lambda: nn.Linear(2 * dim, dim))
+        self.edge_head = optional(config.pair_reasoning and select, lambda: nn.Linear(dim, 1))
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         self.reg_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.reg_token, std=0.02)
@@ -434,9 +446,9 @@ class ErpaModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, config.encoder_layers,
                                              enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(dim)
-        self.box_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(config.dropout),
-                                      nn.Linear(dim, 4))
-        self.node_head = nn.Linear(dim, 1)
+        self.box_head = optional(not select, lambda: nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(dim, 4)))
+        self.node_head = optional(select, lambda: nn.Linear(dim, 1))
         self._freeze_clip_parts()
 
     def _freeze_clip_parts(self) -> None:
@@ -489,17 +501,17 @@ class ErpaModel(nn.Module):
         union = union_cxcywh(src, dst)
         nodes = text[batch["node_text"]] + self.kind_embed.weight[0]
         edges = text[batch["edge_text"]] + self.kind_embed.weight[1]
-        if self.config.box_embedding:
+        if self.box_embed is not None:
             scores = batch["node_scores"].unsqueeze(-1)
             edge_scores = (torch.gather(batch["node_scores"], 1, edge_nodes[..., 0])
                            * torch.gather(batch["node_scores"], 1, edge_nodes[..., 1]))
             nodes = nodes + self.box_embed(torch.cat((node_boxes, scores), -1))
             edges = edges + self.box_embed(torch.cat((union, edge_scores.unsqueeze(-1)), -1))
-        if self.config.role_embedding:
+        if self.role_embed is not None:
             nodes = nodes + self.role_embed(batch["node_entity"])
-        if crop_features is not None:
+        if self.crop_embed is not None and crop_features is not None:
             nodes = nodes + self.crop_embed(crop_features)
-        if self.config.pair_reasoning:
+        if self.pair_proj is not None:
             ends = torch.gather(nodes, 1, edge_nodes.reshape(edge_nodes.shape[0], -1, 1)
                                 .expand(-1, -1, nodes.shape[-1]))
             edges = edges + self.pair_proj(ends.reshape(*edge_nodes.shape[:2], -1))
@@ -522,7 +534,7 @@ class ErpaModel(nn.Module):
         patches, text, crop_features = self.encode(batch)
         nodes, edges, union = self.queries(batch, text, crop_features)
         bias = self.attention_bias(batch, union)
-        if self.config.match_embedding:
+        if self.match_proj is not None:
             count = nodes.shape[1]
             pooled = torch.softmax(bias[:, :count], -1) @ patches
             nodes = nodes + self.match_proj(text[batch["node_text"]] * pooled)
@@ -536,14 +548,15 @@ class ErpaModel(nn.Module):
         positions = valid.long().cumsum(1) - 1
         sequence = sequence + sinusoidal(positions, sequence.shape[-1]) * valid.unsqueeze(-1)
         encoded = self.final_norm(self.encoder(sequence, src_key_padding_mask=~valid))
+        if self.box_head is not None:
+            return {"boxes": self.box_head(encoded[:, 0]).float().sigmoid()}
         count = nodes.shape[1]
         node_logits = self.node_head(encoded[:, 1:1 + count]).squeeze(-1).float()
-        if self.config.pair_reasoning:
+        if self.edge_head is not None:
             edge_logits = self.edge_head(encoded[:, 1 + count:]).squeeze(-1).float()
             node_logits = node_logits + subject_logsumexp(edge_logits, batch, count)
         referent = batch["node_mask"] & (batch["node_entity"] == 0)
-        return {"boxes": self.box_head(encoded[:, 0]).float().sigmoid(),
-                "node_logits": node_logits.masked_fill(~referent, float("-inf"))}
+        return {"node_logits": node_logits.masked_fill(~referent, float("-inf"))}
 
 
 def subject_logsumexp(edge_logits: Tensor, batch: Batch, count: int) -> Tensor:
