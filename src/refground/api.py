@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -63,7 +64,9 @@ def as_pil(image: GroundImage) -> Image.Image:
             if not np.isfinite(array).all():
                 raise ImageError("the image array holds NaN or infinite values")
             scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
-            array = np.clip(array * scale, 0, 255).astype(np.uint8)
+            # round, not truncate: ``uint8 / 255`` must come back as the same uint8 image
+            # (33 * (1 / 255) * 255 is 32.99999999999999, which truncates to 32)
+            array = np.rint(np.clip(array * scale, 0, 255)).astype(np.uint8)
         return load_image(Image.fromarray(array))
     if isinstance(image, (str, Path, bytes, Image.Image)):
         return load_image(image)
@@ -73,8 +76,19 @@ def as_pil(image: GroundImage) -> Image.Image:
 
 def check_boxes(boxes: Sequence[BoxLike], width: int, height: int) -> list[tuple[float, ...]]:
     """Candidate boxes (xyxy pixels) validated against the image: inside it, not inverted."""
-    tensor = B.check_boxes(B.as_tensor([list(b) for b in boxes], "candidate boxes"),
-                           "candidate boxes")
+    if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__len__"):
+        raise BoxError(f"boxes must be a list of [x0, y0, x1, y1] boxes, got "
+                       f"{type(boxes).__name__}")
+    if len(boxes) and all(isinstance(v, (int, float)) for v in boxes):
+        raise BoxError(f"boxes must be a list of boxes, got one flat list {list(boxes)!r}; "
+                       "wrap a single box in a list: [[x0, y0, x1, y1]]")
+    try:
+        tensor = B.as_tensor([list(b) for b in boxes], "candidate boxes")
+    except BoxError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:  # ragged, nested, not numbers
+        raise BoxError(f"boxes must be a list of [x0, y0, x1, y1] boxes of numbers: {exc}"
+                       ) from None
     outside = ((tensor[:, 0] < 0) | (tensor[:, 1] < 0) | (tensor[:, 2] > width)
                | (tensor[:, 3] > height))
     if outside.any():
@@ -138,20 +152,26 @@ class Grounder:
                                 for k, box in enumerate(check_boxes(boxes, pil.width,
                                                                     pil.height)))
         elif self.method.needs_annotations:
-            raise InputError(f"{self.method_name} chooses among candidate boxes and was built "
-                             "with proposals='gt': pass boxes=[[x0, y0, x1, y1], ...] or build "
-                             "it with a detector (proposals='owlvit', ...)")
+            raise InputError(f"{self.method_name} chooses among candidate boxes and has no "
+                             "detector (proposals='gt'): pass boxes=[[x0, y0, x1, y1], ...] or "
+                             "build it with a detector (proposals='owlvit', ...)")
         return Sample(sample_id=str(index), image_path=path, width=pil.width, height=pil.height,
                       expression=expression, annotations=annotations)
 
     def store(self, image: Image.Image) -> Path:
-        """Write an in-memory image as PNG under the work directory (once per content)."""
+        """Write an in-memory image as PNG under the work directory (once per content).
+
+        Written to a private name and renamed into place: another thread grounding the same
+        image sees either no file (and writes its own) or a complete one, never a half-written
+        PNG that the method would fail to decode."""
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
         path = self.workdir / f"{hashlib.sha1(data).hexdigest()}.png"
         if not path.exists():
-            path.write_bytes(data)
+            partial = path.with_name(f"{path.stem}.{threading.get_ident()}.part")
+            partial.write_bytes(data)
+            os.replace(partial, path)
         return path
 
     def close(self) -> None:

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from refground.errors import ConfigError, RefgroundError
 
 if TYPE_CHECKING:
     from refground.train.config import TrainConfig
+    from refground.types import Prediction
 
 app = typer.Typer(
     add_completion=False,
@@ -254,12 +256,244 @@ def demo(
     console.print(f"predictions and metrics per method are in {out}/<method>/")
 
 
+# --- using it: predict one image, pictures of runs ------------------------------------------
+
+def _parse_boxes(boxes: str | None, boxes_file: Path | None) -> list[object] | None:
+    """Candidate boxes from ``--boxes`` (JSON) or ``--boxes-file`` (a JSON list of boxes, or an
+    object with a ``boxes`` list); checked against the image later, by the Grounder."""
+    from refground.errors import InputError
+
+    if boxes is not None and boxes_file is not None:
+        raise ConfigError("give --boxes or --boxes-file, not both")
+    if boxes is None and boxes_file is None:
+        return None
+    source = "--boxes"
+    raw = boxes
+    if boxes_file is not None:
+        source = str(boxes_file)
+        if not boxes_file.is_file():
+            raise InputError(f"boxes file not found: {boxes_file}")
+        raw = boxes_file.read_text(encoding="utf-8")
+    try:
+        value = json.loads(raw or "")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source} is not JSON ({exc.msg}); give a list of boxes such as "
+                         "'[[10, 20, 110, 220], [300, 40, 420, 340]]'") from None
+    if isinstance(value, dict) and "boxes" in value:
+        value = value["boxes"]
+    if not isinstance(value, list):
+        raise InputError(f"{source} must hold a JSON list of [x0, y0, x1, y1] boxes")
+    return value
+
+
+def _prediction_json(prediction: Prediction, method: str, image: Path, text: str) -> dict:
+    """What `refground predict` prints: the prediction with the inputs that produced it."""
+    return {
+        "image": str(image), "text": text, "method": method,
+        "box": list(prediction.box), "score": prediction.score,
+        "fallback": prediction.fallback,
+        "candidates": [{"box": list(c.box), "score": c.score, "label": c.label}
+                       for c in prediction.candidates],
+    }
+
+
+@app.command()
+def predict(
+    image: Annotated[Path, typer.Option(help="The image file.")],
+    text: Annotated[str, typer.Option(help="The referring expression (quote it).")],
+    method: Annotated[str, typer.Option(
+        help="Registered method name (see `refground methods`).")] = "crop-rank",
+    proposals: Annotated[str | None, typer.Option(
+        help="Proposer for proposal-based methods (gt, owlvit, ...); same as "
+             "-o proposals=NAME.")] = None,
+    option: Annotated[list[str], typer.Option(
+        "--option", "-o", help="Method option key=value (repeatable).")] = [],  # noqa: B006
+    boxes: Annotated[str | None, typer.Option(
+        help="Candidate boxes as JSON, xyxy pixels: '[[x0,y0,x1,y1], ...]' (needed with "
+             "proposals=gt).")] = None,
+    boxes_file: Annotated[Path | None, typer.Option(
+        help="A JSON file holding the candidate boxes (a list, or {\"boxes\": [...]}).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Also draw the prediction and write it as a PNG here.")] = None,
+    runner_ups: Annotated[int, typer.Option(help="Next-best candidates drawn faded.")] = 3,
+) -> None:
+    """Ground one expression in one image; print the prediction as JSON (box, score,
+    candidates, fallback) and, with --out, write a picture of it."""
+    from refground.api import Grounder, check_text
+    from refground.images import load_image
+
+    expression = check_text(text)
+    candidate_boxes = _parse_boxes(boxes, boxes_file)
+    picture = load_image(image)  # a missing or unreadable image fails before the model loads
+    options = parse_options(option)
+    if proposals is not None:
+        options["proposals"] = proposals
+    grounder = Grounder.load(method, **options)
+    try:
+        prediction = grounder.ground(image, expression, candidate_boxes)
+    finally:
+        grounder.close()
+    typer.echo(json.dumps(_prediction_json(prediction, method, image, expression), indent=2))
+    if out is not None:
+        from refground.viz.draw import draw_prediction
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw_prediction(picture, prediction, expression, runner_ups).save(out)
+        err_console.print(f"wrote {out}", soft_wrap=True)
+
+
+def _run_info(predictions: Path) -> dict:
+    """The ``run`` block of the metrics.json next to a predictions file, if there is one."""
+    from refground.evaluate.runner import METRICS_FILE
+
+    try:
+        run = json.loads((predictions.parent / METRICS_FILE).read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return run if isinstance(run, dict) else {}
+
+
+@app.command()
+def viz(
+    predictions: Annotated[Path, typer.Option(help="A run's predictions.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Directory for the sheet-NNN.png contact sheets.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Data root: take images from this dataset split (joined on sample_id) instead of "
+             "the paths in the records.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="With --data [the run's, from metrics.json; else synthref].")] = None,
+    split_by: Annotated[str | None, typer.Option(
+        help="With --data [the run's; else synth].")] = None,
+    split: Annotated[str | None, typer.Option(help="With --data [the run's; else test].")] = None,
+    images: Annotated[Path | None, typer.Option(
+        help="With --data: image directory [<data>/images].")] = None,
+    per_page: Annotated[int, typer.Option(help="Images per sheet.")] = 12,
+    worst_first: Annotated[bool, typer.Option(
+        "--worst-first/--best-first", help="Lowest IoU first, or highest.")] = True,
+    limit: Annotated[int | None, typer.Option(
+        help="Draw only the first N after sorting.")] = None,
+    tile_size: Annotated[int, typer.Option(help="Longest side of each image, pixels.")] = 320,
+) -> None:
+    """Contact sheets of a run: ground truth (green) vs prediction (red), IoU and expression
+    under each image, worst cases first."""
+    from refground.data.refer import load_refer_split
+    from refground.evaluate.runner import read_predictions
+    from refground.viz.grid import contact_sheets, locate_images, order_records
+
+    if not predictions.is_file():
+        raise ConfigError(f"predictions file not found: {predictions}")
+    records = order_records(read_predictions(predictions), worst_first)[:limit]
+    if not records:
+        raise ConfigError(f"{predictions} holds no prediction records")
+    samples = None
+    if data is not None:
+        run = _run_info(predictions)
+        split_data = load_refer_split(data, dataset or run.get("dataset", "synthref"),
+                                      split_by or run.get("split_by", "synth"),
+                                      split or run.get("split", "test"), images)
+        samples = {s.sample_id: s for s in split_data.samples}
+    items = locate_images(records, samples)
+    written = contact_sheets(items, out, per_page, tile_size, title=str(predictions),
+                             worst_first=worst_first)
+    order = "worst first" if worst_first else "best first"
+    console.print(f"wrote {len(written)} contact sheet(s) of {len(items)} predictions "
+                  f"({order}) to {out}", soft_wrap=True)
+
+
+@app.command()
+def report(
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="More metrics.json files or run directories.", show_default=False)] = None,
+    metrics: Annotated[list[Path], typer.Option(
+        "--metrics", "-m", help="A metrics.json or run directory (repeatable; further files "
+                                "may follow as arguments).")] = [],  # noqa: B006
+    names: Annotated[list[str], typer.Option(
+        help="Run names, one per file (repeatable or comma-separated) [directory "
+             "names].")] = [],  # noqa: B006
+    out: Annotated[Path | None, typer.Option(
+        help="Write report.md and bar charts (PNG) to this directory.")] = None,
+) -> None:
+    """Compare evaluation runs: a Markdown table of Acc@0.5/0.75/0.9, mIoU and n, overall and
+    per expression type; with --out also grouped bar charts."""
+    from refground.viz.report import load_runs, markdown_report, write_report
+
+    paths = [*metrics, *(files or [])]
+    run_names = [name.strip() for item in names for name in item.split(",") if name.strip()]
+    runs = load_runs(paths, run_names)
+    typer.echo(markdown_report(runs))
+    if out is not None:
+        written, charts = write_report(runs, out)
+        err_console.print(f"wrote {written} and {len(charts)} chart(s) to {out}",
+                          soft_wrap=True)
+
+
+@app.command()
+def curves(
+    run: Annotated[Path, typer.Option(help="A training run directory (holds metrics.jsonl).")],
+    out: Annotated[Path | None, typer.Option(help="PNG to write [RUN/curves.png].")] = None,
+    metric: Annotated[str, typer.Option(help="Validation metric to plot.")] = "acc@0.5",
+) -> None:
+    """Training curves of a run: train loss, learning rate and validation Acc@0.5 against the
+    step, as one PNG with three panels."""
+    from refground.viz.curves import training_curves
+
+    written, found = training_curves(run, out, metric)
+    console.print(f"wrote {written} ({len(found.loss)} train and {len(found.val)} val points)",
+                  soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(
+        help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    method: Annotated[str, typer.Option(
+        help="Method for requests that name none (see `refground methods`).")] = "visual-prompt",
+    option: Annotated[list[str], typer.Option(
+        "--option", "-o", help="Option of that method, key=value (repeatable).")] = [],  # noqa: B006
+    max_upload_mb: Annotated[float, typer.Option(help="Largest image upload, MiB.")] = 10.0,
+    max_pixels: Annotated[int, typer.Option(
+        help="Largest image, in pixels (decompression bombs are refused).")] = 25_000_000,
+    concurrency: Annotated[int, typer.Option(
+        help="Requests decoding or computing at once; the rest wait.")] = 4,
+    client_options: Annotated[bool, typer.Option(
+        help="Let requests pass method options (they can name local files).")] = True,
+    preload: Annotated[bool, typer.Option(
+        help="Load the default method before listening.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (POST /ground, GET /health, GET /methods, docs at /docs) and the web
+    page at /. Needs the serve extra (fastapi, uvicorn, python-multipart)."""
+    from refground.errors import MissingDependencyError
+
+    try:
+        import uvicorn
+
+        from refground.serve import GrounderCache, ServeConfig, create_app
+    except ImportError as exc:
+        raise MissingDependencyError(f"refground serve needs the serve extra ({exc.name} is "
+                                     "missing): pip install fastapi uvicorn python-multipart"
+                                     ) from None
+    config = ServeConfig(method=method, options=parse_options(option),
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                         max_pixels=max_pixels, concurrency=concurrency,
+                         allow_client_options=client_options)
+    cache = GrounderCache(max_models=config.max_models)
+    if preload:  # a bad method or option fails here, as one line, not at the first request
+        err_console.print(f"loading {method} ...")
+        cache.get(method, config.options)
+    err_console.print(f"serving http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(create_app(config, cache), host=host, port=port, log_level=log_level)
+
+
 def main() -> None:
     """Entry point: run the app, turning deliberate errors into one readable line."""
     try:
         app(standalone_mode=False)
     except RefgroundError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        # escaped: messages hold brackets ("boxes=[[x0, y0, x1, y1]]", "refground[viz]")
+        # that rich would otherwise swallow as markup tags
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
     except (typer.Exit, typer.Abort) as exc:
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
