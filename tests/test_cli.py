@@ -116,3 +116,21 @@ def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: P
     # resuming a finished run is a no-op that keeps the weights
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
+
+
+def test_demo_runs_offline_and_draws_pictures(tmp_path: Path) -> None:
+    """`refground demo` (the README's main command): data, every method's metrics, pictures."""
+    from PIL import Image
+
+    from refground.demo import demo_methods
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--images", "20"])
+    assert result.exit_code == 0, result.output
+    for display in demo_methods():
+        metrics = json.loads((tmp_path / display.split()[0] / "metrics.json").read_text())
+        assert metrics["n"] > 0
+    oracle = json.loads((tmp_path / "oracle" / "metrics.json").read_text())
+    assert oracle["acc@0.5"] == 1.0
+    pictures = sorted((tmp_path / "pictures").glob("*.png"))
+    assert pictures and all(Image.open(p).size[0] > 0 for p in pictures)
+    assert "graph-resolve on one test image" in result.output

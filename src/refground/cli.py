@@ -221,9 +221,6 @@ def tune(
     console.print(f"best config written to {result.best_config}; study in {result.storage}")
 
 
-DEMO_METHODS = ("oracle", "center", "largest", "crop-rank", "visual-prompt")
-
-
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes data and results.")] = Path(
@@ -232,27 +229,28 @@ def demo(
     seed: Annotated[int, typer.Option(
         help="SynthRef seed (the shipped CLIP was trained on seed 0's train split).")] = 7,
 ) -> None:
-    """Offline end-to-end run: generate a small SynthRef and evaluate the built-in methods
-    (heuristics, and crop-rank / visual-prompt with the shipped SynthRef CLIP)."""
-    from refground.data.refer import load_refer_split
-    from refground.data.synth import generate_synthref
-    from refground.evaluate.runner import evaluate
-    from refground.evaluate.table import breakdown_table, comparison_table
-    from refground.methods import DatasetInfo, build_method
+    """Offline end-to-end run: generate a small SynthRef, evaluate the built-in methods with the
+    shipped SynthRef CLIP (and shipped trained model), ground a few expressions and draw them."""
+    from rich.table import Table
 
-    data_root = out / "synthref-data"
-    console.print(f"generating SynthRef ({images} images, seed {seed}) in {data_root} ...")
-    generate_synthref(data_root, seed=seed, num_images=images)
-    split = load_refer_split(data_root, "synthref", "synth", "test")
-    info = DatasetInfo(data_root, "synthref", "synth")
-    results = {}
-    for name in DEMO_METHODS:
-        method = build_method(name)
-        method.prepare(info)
-        results[name] = evaluate(method, split.samples, out / name, progress=False).metrics
-    console.print(comparison_table(results, title=f"SynthRef test ({len(split)} expressions)"))
-    for name in ("crop-rank", "visual-prompt"):
-        console.print(breakdown_table(results[name], "by_type", f"{name}: by expression type"))
+    from refground.demo import EXAMPLE_METHOD, run_demo
+    from refground.evaluate.table import breakdown_table, comparison_table
+
+    console.print(f"generating SynthRef ({images} images, seed {seed}) in {out} and evaluating "
+                  "the built-in methods ...")
+    result = run_demo(out, images=images, seed=seed)
+    console.print(comparison_table(result.metrics,
+                                   title=f"SynthRef test ({result.expressions} expressions)"))
+    for name in ("crop-rank", "graph-resolve"):
+        console.print(breakdown_table(result.metrics[name], "by_type",
+                                      f"{name}: by expression type"))
+    table = Table(title=f"{EXAMPLE_METHOD} on one test image (Python API, boxes = annotations)")
+    for column in ("expression", "type", "IoU", "picture"):
+        table.add_column(column)
+    for example in result.examples:
+        table.add_row(example.expression, example.expression_type or "-", f"{example.iou:.2f}",
+                      str(example.picture))
+    console.print(table)
     console.print(f"predictions and metrics per method are in {out}/<method>/")
 
 
