@@ -63,6 +63,7 @@ def test_edges_join_only_detections_of_related_entities() -> None:
     texts = {"the cup": 0, "the plate": 1, "the fork": 2, "left of": 3}
     layout = layout_graph(graph, props, 100, 100, texts, max_edges=100)
     assert layout.node_entity.tolist() == [0, 0, 1, 1, 1, 2]
+    assert layout.node_modifier.tolist() == [-1] * 6  # no spatial modifiers
     assert layout.node_text.tolist() == [0, 0, 1, 1, 1, 2]
     # 2 cups x 3 plates; the unrelated fork takes part in no edge
     expected = {(c, p) for c in (0, 1) for p in (2, 3, 4)}
@@ -258,7 +259,8 @@ def test_subject_logsumexp_matches_a_loop() -> None:
 
 
 REPORT_DESIGN = {"box_embedding": False, "role_embedding": False, "match_embedding": False,
-                 "node_crops": False, "pair_reasoning": False, "head": "regress"}
+                 "node_crops": False, "pair_reasoning": False, "modifier_embedding": False,
+                 "rank_features": False, "head": "regress"}
 
 
 @pytest.mark.parametrize("options", [{}, {"head": "select"}, REPORT_DESIGN],
@@ -277,5 +279,21 @@ def test_every_trainable_weight_gets_a_gradient(options: dict, clip_dir: Path,
     if options is REPORT_DESIGN:
         saved = method.state_to_save()
         for addition in ("box_embed", "role_embed", "match_proj", "crop_embed", "pair_proj",
-                         "edge_head", "node_head"):
+                         "edge_head", "node_head", "modifier_proj", "rank_embed", "membership"):
             assert not any(key.startswith(addition) for key in saved)
+
+
+def test_rank_inputs_count_members_before_and_after(clip_dir: Path) -> None:
+    """Uniform membership (no crops): node ranks along x among the same entity's nodes."""
+    method = build_method("erpa", clip=str(clip_dir), node_crops=False, **TINY)
+    # one sample: entity 0 has three nodes at x = 0.5, 0.1, 0.9; entity 1 one node; one pad
+    boxes = torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.1, 0.2, 0.1, 0.2], [0.9, 0.8, 0.3, 0.3],
+                           [0.05, 0.5, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5]]])
+    batch = {"node_boxes": boxes, "node_entity": torch.tensor([[0, 0, 0, 1, 0]]),
+             "node_mask": torch.tensor([[True, True, True, True, False]])}
+    features = method.model.rank_inputs(batch, None)[0]
+    assert features[:3, 0].tolist() == [1.0, 0.0, 2.0]   # members left of each (x "before")
+    assert features[:3, 1].tolist() == [1.0, 2.0, 0.0]   # members right of each
+    assert features[3, :2].tolist() == [0.0, 0.0]        # alone in its entity
+    assert features[:3, 2].tolist() == pytest.approx([1 / 3, 0.0, 2 / 3])
+    assert features[0, 12].item() == pytest.approx(math.log1p(3.0))

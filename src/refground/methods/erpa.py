@@ -16,7 +16,7 @@ related in the graph becomes an *edge*. Then:
    tokens, padding masked) and an MLP on ``[REG]`` regress the box: sigmoid ``cxcywh``,
    L1 + GIoU loss.
 
-Six additions, each switchable (``False`` gives the report's design):
+Eight additions, each switchable (``False`` gives the report's design):
 
 * ``box_embedding``: node and edge queries also get an MLP embedding of their box (and
   detection score). In the report a query's position is only known through its heatmap mask;
@@ -39,6 +39,15 @@ Six additions, each switchable (``False`` gives the report's design):
   select head a node's logit adds the log-sum-exp of the logits of its edges as subject: "the
   cup left of the plate" scores a cup by its best plate-and-relation pair, the shape of
   reasoning graph-resolve does by hand.
+* ``modifier_embedding``: a node query also gets the text embedding of its entity's spatial
+  modifiers from the graph ("leftmost", "second from the left"), so the selection operator
+  is an input of its own and not diluted in the span's embedding.
+* ``rank_features``: where a node stands among its entity's *members* -- the membership-
+  weighted number and share of the entity's nodes before and after it along x, y and area
+  (membership: a learnt sigmoid of the crop-text similarity, uniform without ``node_crops``).
+  "leftmost" is "no member before it along x", "second from the top" "one member above it";
+  a transformer can learn such counting, but slowly, and graph-resolve shows how much of
+  SynthRef it is.
 * ``head="select"``: instead of regressing, score every referent node and answer its box
   (cross-entropy to the node that best overlaps the target). With good proposals a pointer
   cannot be slightly off; a regressor can.
@@ -113,6 +122,8 @@ class ErpaConfig(MethodConfig):
     match_embedding: bool = True
     node_crops: bool = True
     pair_reasoning: bool = True
+    modifier_embedding: bool = True
+    rank_features: bool = True
     head: Literal["regress", "select"] = "regress"
     l1_weight: float = Field(5.0, ge=0.0)
     giou_weight: float = Field(2.0, ge=0.0)
@@ -167,6 +178,7 @@ class GraphLayout:
     node_scores: Tensor     # (N,)
     node_entity: Tensor     # (N,) entity index in the graph
     node_text: Tensor       # (N,) index into the batch's texts
+    node_modifier: Tensor   # (N,) index of the entity's spatial modifiers' text, -1 for none
     edge_nodes: Tensor      # (E, 2) node indices (subject, object)
     edge_text: Tensor       # (E,)
 
@@ -174,7 +186,7 @@ class GraphLayout:
 def layout_graph(graph: SceneGraph, proposals: Sequence[Proposals], width: float, height: float,
                  text_index: Mapping[str, int], max_edges: int) -> GraphLayout:
     """Nodes = every entity's detections; edges = detection pairs of related entities."""
-    boxes, pixels, scores, entity_ids, texts = [], [], [], [], []
+    boxes, pixels, scores, entity_ids, texts, modifiers = [], [], [], [], [], []
     first: list[int] = []
     for index, (entity, props) in enumerate(zip(graph.entities, proposals, strict=True)):
         first.append(sum(len(b) for b in boxes))
@@ -183,6 +195,9 @@ def layout_graph(graph: SceneGraph, proposals: Sequence[Proposals], width: float
         scores.append(props.scores)
         entity_ids.append(torch.full((len(props),), index, dtype=torch.long))
         texts.append(torch.full((len(props),), text_index[entity.span], dtype=torch.long))
+        modifier = modifier_text(entity)
+        modifiers.append(torch.full((len(props),), -1 if modifier is None else
+                                    text_index[modifier], dtype=torch.long))
     pair_nodes, pair_texts, pair_scores = [], [], []
     node_scores = torch.cat(scores)
     for relation in graph.relations:
@@ -202,7 +217,13 @@ def layout_graph(graph: SceneGraph, proposals: Sequence[Proposals], width: float
         edge_nodes = torch.zeros((0, 2), dtype=torch.long)
         edge_text = torch.zeros((0,), dtype=torch.long)
     return GraphLayout(torch.cat(boxes), torch.cat(pixels), node_scores,
-                       torch.cat(entity_ids), torch.cat(texts), edge_nodes, edge_text)
+                       torch.cat(entity_ids), torch.cat(texts), torch.cat(modifiers),
+                       edge_nodes, edge_text)
+
+
+def modifier_text(entity: Entity) -> str | None:
+    """The entity's spatial modifiers as one text ("leftmost; on the left"), if it has any."""
+    return "; ".join(entity.spatial) if entity.spatial else None
 
 
 def pad_stack(rows: Sequence[Tensor], fill: float = 0) -> tuple[Tensor, Tensor]:
@@ -259,7 +280,9 @@ class ErpaCollator:
                   sample_graphs(samples, self.config.graphs, self.config.parser_backend,
                                 self.graph_cache)]
         texts = sorted({e.span for g in graphs for e in g.entities}
-                       | {r.predicate for g in graphs for r in g.relations})
+                       | {r.predicate for g in graphs for r in g.relations}
+                       | {m for g in graphs for e in g.entities
+                          if (m := modifier_text(e)) is not None})
         text_index = {text: i for i, text in enumerate(texts)}
         layouts = [layout_graph(g, props, s.width, s.height, text_index, self.config.max_edges)
                    for g, props, s in zip(graphs, self.detections(images, samples, graphs),
@@ -279,6 +302,7 @@ class ErpaCollator:
             "node_scores": pad_stack([lay.node_scores for lay in layouts])[0],
             "node_entity": pad_stack([lay.node_entity for lay in layouts])[0],
             "node_text": pad_stack([lay.node_text for lay in layouts])[0],
+            "node_modifier": pad_stack([lay.node_modifier for lay in layouts], -1)[0],
             "node_mask": node_mask,
             "edge_nodes": edge_nodes,
             "edge_text": pad_stack([lay.edge_text for lay in layouts])[0],
@@ -361,6 +385,11 @@ def sinusoidal(positions: Tensor, dim: int) -> Tensor:
     return F.pad(encoding, (0, dim - 2 * half))
 
 
+#: Inputs of the rank embedding: (before, after, share before, share after) x (x, y, area),
+#: plus the log of the membership-weighted member count.
+RANK_FEATURES = 13
+
+
 def optional(enabled: bool, build: Callable[[], nn.Module]) -> nn.Module | None:
     return build() if enabled else None
 
@@ -437,6 +466,11 @@ class ErpaModel(nn.Module):
         self.crop_embed = optional(config.node_crops, lambda: mlp(projection + 1, dim))
         self.pair_proj = optional(config.pair_reasoning, lambda: nn.Linear(2 * dim, dim))
         self.edge_head = optional(config.pair_reasoning and select, lambda: nn.Linear(dim, 1))
+        self.modifier_proj = optional(config.modifier_embedding, lambda: nn.Linear(dim, dim))
+        self.rank_embed = optional(config.rank_features, lambda: mlp(RANK_FEATURES, dim))
+        # membership = sigmoid(sharpness * (similarity - best similarity) + offset)
+        self.membership = (nn.Parameter(torch.tensor([20.0, 2.0]))
+                           if config.rank_features and config.node_crops else None)
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         self.reg_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.reg_token, std=0.02)
@@ -511,11 +545,42 @@ class ErpaModel(nn.Module):
             nodes = nodes + self.role_embed(batch["node_entity"])
         if self.crop_embed is not None and crop_features is not None:
             nodes = nodes + self.crop_embed(crop_features)
+        if self.modifier_proj is not None:
+            index = batch["node_modifier"]
+            modifier = text[index.clamp_min(0)] * (index >= 0).unsqueeze(-1)
+            nodes = nodes + self.modifier_proj(modifier)
+        if self.rank_embed is not None:
+            nodes = nodes + self.rank_embed(self.rank_inputs(batch, crop_features))
         if self.pair_proj is not None:
             ends = torch.gather(nodes, 1, edge_nodes.reshape(edge_nodes.shape[0], -1, 1)
                                 .expand(-1, -1, nodes.shape[-1]))
             edges = edges + self.pair_proj(ends.reshape(*edge_nodes.shape[:2], -1))
         return nodes, edges, union
+
+    def rank_inputs(self, batch: Batch, crop_features: Tensor | None) -> Tensor:
+        """``(B, N, 13)`` soft ranks of each node among its entity's members (see module)."""
+        mask, entity = batch["node_mask"], batch["node_entity"]
+        same = ((entity.unsqueeze(2) == entity.unsqueeze(1)) & mask.unsqueeze(2)
+                & mask.unsqueeze(1))
+        if self.membership is not None and crop_features is not None:
+            similarity = crop_features[..., -1]
+            best = similarity.unsqueeze(1).masked_fill(~same, float("-inf")).amax(-1)
+            best = best.nan_to_num(0.0, 0.0, 0.0)
+            weights = torch.sigmoid(self.membership[0] * (similarity - best) + self.membership[1])
+        else:
+            weights = mask.float()
+        # pairwise[b, i, j]: how much node j counts as a fellow member for node i
+        pairwise = weights.unsqueeze(1) * same
+        members = pairwise.sum(-1).clamp_min(1e-6)
+        boxes = batch["node_boxes"]
+        keys = (boxes[..., 0], boxes[..., 1], boxes[..., 2] * boxes[..., 3])
+        features = []
+        for key in keys:
+            before = (pairwise * (key.unsqueeze(1) < key.unsqueeze(2))).sum(-1)
+            after = (pairwise * (key.unsqueeze(1) > key.unsqueeze(2))).sum(-1)
+            features += [before, after, before / members, after / members]
+        features.append(torch.log1p(members))
+        return torch.stack(features, -1)
 
     def attention_bias(self, batch: Batch, union: Tensor) -> Tensor:
         """``(B, N + E, P)`` log-heatmaps: node box; max of an edge's boxes and their union."""
