@@ -365,6 +365,7 @@ class DetrMethod(TrainableMethod):
     name = "detr"
     config_type: ClassVar[type[MethodConfig]] = DetrConfig
     frozen_prefixes: ClassVar[tuple[str, ...]] = (TEXT_PREFIX,)
+    freeze_option: ClassVar[str | None] = "freeze_text"
     config: DetrConfig
 
     def __init__(self, config: DetrConfig, model: DetrModel, collator: DetrCollator,
@@ -378,12 +379,6 @@ class DetrMethod(TrainableMethod):
         model = DetrModel(config, text.tower)
         return cls(config, model, DetrCollator(text.tokenizer, config.image_size,
                                                text.max_length), device)
-
-    def state_to_save(self) -> dict[str, Tensor]:
-        """Frozen text weights are rebuilt from ``text_model``; fine-tuned ones are saved."""
-        if self.config.freeze_text:
-            return super().state_to_save()
-        return dict(self.model.state_dict())
 
     def collator(self) -> Callable[[Sequence[Sample]], Batch]:
         return self._collator

@@ -78,9 +78,11 @@ from refground.images import load_image
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.trainable import (
     Batch,
+    FrozenPartModel,
     MethodConfig,
     TrainableMethod,
     image_sizes,
+    require_target,
     target_boxes,
     trainable_factory,
 )
@@ -441,7 +443,7 @@ class DecoderLayer(nn.Module):
         return queries + self.scale_ffn * self.ffn(self.norm_ffn(queries))
 
 
-class ErpaModel(nn.Module):
+class ErpaModel(FrozenPartModel):
     """``model(batch) -> {"boxes": (B, 4)}`` (regress: normalised cxcywh) or
     ``{"node_logits": (B, N)}`` (select: -inf on nodes that are not the referent's)."""
 
@@ -483,27 +485,10 @@ class ErpaModel(nn.Module):
         self.box_head = optional(not select, lambda: nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(dim, 4)))
         self.node_head = optional(select, lambda: nn.Linear(dim, 1))
-        self._freeze_clip_parts()
-
-    def _freeze_clip_parts(self) -> None:
-        """Frozen: the whole CLIP. Trained: all but the projections and scale it never uses
-        (parameters without gradients are an error under DDP)."""
-        if self.config.freeze_clip:
-            self.clip.requires_grad_(False)
-            self.clip.eval()
-            return
-        unused = [self.clip.logit_scale]
-        if not self.config.node_crops:
-            unused += [self.clip.visual_projection.weight, self.clip.text_projection.weight]
-        for parameter in unused:
-            parameter.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> ErpaModel:
-        """As ``nn.Module.train``, but a frozen CLIP stays in eval mode."""
-        super().train(mode)
-        if self.config.freeze_clip:
-            self.clip.eval()
-        return self
+        unused = [clip.logit_scale]  # and both projections unless crops are compared
+        if not config.node_crops:
+            unused += [*clip.visual_projection.parameters(), *clip.text_projection.parameters()]
+        self.freeze_part("clip", config.freeze_clip, unused)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
         """Patch tokens ``(B, P, hidden)`` (per sample), text embeddings ``(T, hidden)`` and,
@@ -675,6 +660,7 @@ class ErpaMethod(TrainableMethod):
     name = "erpa"
     config_type = ErpaConfig
     frozen_prefixes = ("clip.",)
+    freeze_option = "freeze_clip"
     inference_options = frozenset({"graphs", "parser_backend", "proposals", "proposal_options",
                                    "top_k", "max_edges"})
     config: ErpaConfig
@@ -713,21 +699,14 @@ class ErpaMethod(TrainableMethod):
             self._collate.graph_cache.update(
                 dataset_graphs(Path(info.root) / info.dataset, self.config.parser_backend))
 
-    def state_to_save(self) -> dict[str, Tensor]:
-        if self.config.freeze_clip:
-            return super().state_to_save()
-        return dict(self.model.state_dict())
-
     def collator(self) -> ErpaCollator:
         return self._collate
 
     def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        if "target" not in batch:
-            raise ConfigError("erpa: the batch has no 'target'; training needs samples with "
-                              "ground-truth boxes")
+        target = require_target(batch, self.name)
         if self.config.head == "select":
-            return selection_loss(outputs["node_logits"], batch, batch["target"])
-        return regression_loss(outputs["boxes"], batch["target"], self.config.l1_weight,
+            return selection_loss(outputs["node_logits"], batch, target)
+        return regression_loss(outputs["boxes"], target, self.config.l1_weight,
                                self.config.giou_weight)
 
     def decode(self, batch: Batch, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

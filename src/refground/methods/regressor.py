@@ -40,14 +40,15 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from refground import boxes as B
-from refground.errors import ConfigError
 from refground.images import load_image
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
     Batch,
+    FrozenPartModel,
     MethodConfig,
     TrainableMethod,
     image_sizes,
+    require_target,
     target_boxes,
     trainable_factory,
 )
@@ -168,7 +169,7 @@ def to_grid(x: Tensor, grid: int) -> Tensor:
     return resample(x, grid)
 
 
-class RegressorModel(nn.Module):
+class RegressorModel(FrozenPartModel):
     """``model(batch) -> {"boxes": (B, 4)}``, normalised cxcywh in [0, 1], float32."""
 
     def __init__(self, config: RegressorConfig, clip: CLIPModel) -> None:
@@ -195,28 +196,10 @@ class RegressorModel(nn.Module):
         )
         self.head = nn.Sequential(nn.Linear(config.fused_dim, config.hidden), nn.ReLU(),
                                   nn.Dropout(config.dropout), nn.Linear(config.hidden, 4))
-        self._freeze_clip_parts()
-
-    def _freeze_clip_parts(self) -> None:
-        """Frozen: the whole CLIP. Trained: all but the parts this model never uses.
-
-        Unused trainable parameters (``logit_scale``; ``visual_projection`` with patch maps)
-        would get no gradient, which DDP reports as an error.
-        """
-        if self.config.freeze_clip:
-            self.clip.requires_grad_(False)
-            self.clip.eval()
-            return
-        self.clip.logit_scale.requires_grad_(False)
-        if self.config.clip_map == "patches":
-            self.clip.visual_projection.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> RegressorModel:
-        """As ``nn.Module.train``, but a frozen CLIP stays in eval mode."""
-        super().train(mode)
-        if self.config.freeze_clip:
-            self.clip.eval()
-        return self
+        unused = [clip.logit_scale]  # and the image projection when patch maps are used
+        if config.clip_map == "patches":
+            unused += list(clip.visual_projection.parameters())
+        self.freeze_part("clip", config.freeze_clip, unused)
 
     def clip_features(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """CLIP image map ``(B, C, n, n)`` (``n = 1`` when pooled) and text map ``(B, D, 1, 1)``.
@@ -280,6 +263,7 @@ class RegressorMethod(TrainableMethod):
     name = "regressor"
     config_type = RegressorConfig
     frozen_prefixes = ("clip.",)
+    freeze_option = "freeze_clip"
     config: RegressorConfig
 
     def __init__(self, config: RegressorConfig, model: RegressorModel,
@@ -302,20 +286,11 @@ class RegressorMethod(TrainableMethod):
         )
         return cls(config, model, device, collate=collate)
 
-    def state_to_save(self) -> dict[str, Tensor]:
-        """Frozen CLIP: everything but ``clip.*``. Fine-tuned CLIP: everything."""
-        if self.config.freeze_clip:
-            return super().state_to_save()
-        return dict(self.model.state_dict())
-
     def collator(self) -> RegressorCollator:
         return self._collate
 
     def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        if "target" not in batch:
-            raise ConfigError("regressor: the batch has no 'target'; training needs samples "
-                              "with ground-truth boxes")
-        return regression_loss(outputs["boxes"], batch["target"],
+        return regression_loss(outputs["boxes"], require_target(batch, self.name),
                                huber_delta=self.config.huber_delta,
                                giou_weight=self.config.giou_weight)
 

@@ -90,12 +90,49 @@ def move_batch(batch: Batch, device: torch.device | str) -> Batch:
             for k, v in batch.items()}
 
 
+def require_target(batch: Batch, method: str) -> Tensor:
+    """The batch's gt boxes; a batch without them cannot be trained on."""
+    if "target" not in batch:
+        raise ConfigError(f"{method}: the batch has no 'target'; training needs samples with "
+                          "ground-truth boxes")
+    return batch["target"]
+
+
+class FrozenPartModel(nn.Module):
+    """A model around one pretrained part (a CLIP, a text tower) that may be frozen.
+
+    Frozen, the part gets no gradients and stays in eval mode (no dropout) whatever
+    ``train()`` says. Fine-tuned, the part's parameters the model never uses are still frozen:
+    a trainable parameter without a gradient is an error under DDP.
+    """
+
+    frozen_part: str | None = None  # attribute name of the frozen part, if frozen
+
+    def freeze_part(self, name: str, frozen: bool, unused: Sequence[nn.Parameter] = ()) -> None:
+        part: nn.Module = getattr(self, name)
+        if frozen:
+            self.frozen_part = name
+            part.requires_grad_(False)
+            part.eval()
+            return
+        for parameter in unused:
+            parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenPartModel:
+        super().train(mode)
+        if self.frozen_part is not None:
+            getattr(self, self.frozen_part).eval()
+        return self
+
+
 class TrainableMethod(Method):
     """A method whose predictions come from an ``nn.Module`` trained with ``refground train``."""
 
     name: ClassVar[str]
     config_type: ClassVar[type[MethodConfig]]
     frozen_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: The config flag that says whether those parts are frozen (fine-tuned ones are saved).
+    freeze_option: ClassVar[str | None] = None
     #: Options that change how inputs are prepared, not the weights' shapes: a loaded
     #: checkpoint may be run with other values (e.g. another proposer at test time).
     inference_options: ClassVar[frozenset[str]] = frozenset()
@@ -142,9 +179,12 @@ class TrainableMethod(Method):
         return predictions_from_normalized(samples, boxes_norm, scores)
 
     def state_to_save(self) -> dict[str, Tensor]:
-        """The model's weights without the frozen pretrained parts (rebuilt from options)."""
-        return {k: v for k, v in self.model.state_dict().items()
-                if not k.startswith(self.frozen_prefixes)}
+        """The model's weights without the frozen pretrained parts (rebuilt from options);
+        everything when :attr:`freeze_option` says they were fine-tuned."""
+        state = self.model.state_dict()
+        if self.freeze_option is not None and not getattr(self.config, self.freeze_option):
+            return dict(state)
+        return {k: v for k, v in state.items() if not k.startswith(self.frozen_prefixes)}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``method.json`` and ``model.safetensors``; ``from_pretrained`` reads them."""
