@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from refground.types import Sample
+
 MINI_IMAGES = [
     {"id": 581857, "file_name": "COCO_train2014_000000581857.jpg", "width": 640, "height": 480},
     {"id": 42, "file_name": "COCO_train2014_000000000042.jpg", "width": 320, "height": 240},
@@ -77,3 +79,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def synthref_split(factory: pytest.TempPathFactory, split: str = "test", seed: int = 3,
+                   images: int = 10) -> list[Sample]:
+    """The samples of one split of a small SynthRef generated in a fresh temp directory."""
+    from refground.data.refer import load_refer_split
+    from refground.data.synth import generate_synthref
+
+    root = factory.mktemp("synth")
+    generate_synthref(root, seed=seed, num_images=images)
+    return list(load_refer_split(root, "synthref", "synth", split).samples)

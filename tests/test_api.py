@@ -12,26 +12,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from refground import Grounder
 from refground.api import MAX_TEXT_CHARS, as_pil
-from refground.cli import app
-from refground.data.refer import load_refer_split
 from refground.errors import BoxError, ImageError, InputError
 from refground.types import Sample
 from refground.vision.tiny_clip import save_tiny_clip
+from tests.conftest import synthref_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
-    root = tmp_path_factory.mktemp("synth")
-    result = CliRunner().invoke(app, ["synth", "--out", str(root), "--seed", "3",
-                                      "--images", "10"])
-    assert result.exit_code == 0, result.output
-    return list(load_refer_split(root, "synthref", "synth", "test").samples)
+    return synthref_split(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from refground import boxes as B
-from refground.cli import app
-from refground.data.refer import load_refer_split
 from refground.errors import ConfigError
 from refground.methods.base import build_method
 from refground.methods.erpa import (
@@ -27,6 +24,7 @@ from refground.methods.trainable import move_batch
 from refground.types import Entity, Relation, Sample, SceneGraph
 from refground.vision.proposals import Proposals
 from refground.vision.tiny_clip import save_tiny_clip
+from tests.conftest import synthref_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,11 +39,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
-    root = tmp_path_factory.mktemp("synth")
-    result = CliRunner().invoke(app, ["synth", "--out", str(root), "--seed", "5",
-                                      "--images", "12"])
-    assert result.exit_code == 0, result.output
-    return list(load_refer_split(root, "synthref", "synth", "train").samples)
+    return synthref_split(tmp_path_factory, "train", seed=5, images=12)
 
 
 def proposals(boxes: list[list[float]], scores: list[float] | None = None) -> Proposals:

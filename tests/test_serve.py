@@ -18,26 +18,19 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'refgr
 
 from fastapi.testclient import TestClient
 from PIL import Image
-from typer.testing import CliRunner
 
 from refground.api import Grounder
-from refground.cli import app as cli_app
-from refground.data.refer import load_refer_split
 from refground.errors import ConfigError
 from refground.serve import GrounderCache, ServeConfig, create_app
 from refground.serve.models import model_key
 from refground.types import Candidate, Prediction, Sample
+from tests.conftest import synthref_split
 
 
 @pytest.fixture(scope="module")
 def synth_sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     """A SynthRef test sample with several annotated objects (candidate boxes)."""
-    root = tmp_path_factory.mktemp("synth")
-    result = CliRunner().invoke(cli_app, ["synth", "--out", str(root), "--seed", "3",
-                                          "--images", "10"])
-    assert result.exit_code == 0, result.output
-    split = load_refer_split(root, "synthref", "synth", "test")
-    return next(s for s in split.samples if len(s.annotations) >= 3)
+    return next(s for s in synthref_split(tmp_path_factory) if len(s.annotations) >= 3)
 
 
 def boxes_of(sample: Sample) -> list[list[float]]:

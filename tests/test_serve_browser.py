@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from refground.cli import app as cli_app
-from refground.data.refer import load_refer_split
 from refground.types import Sample
+from tests.conftest import synthref_split
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'refground[serve]'")
 httpx = pytest.importorskip("httpx", reason="needs httpx (installed with fastapi's test client)")
@@ -42,12 +40,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
-    root = tmp_path_factory.mktemp("synth")
-    result = CliRunner().invoke(cli_app, ["synth", "--out", str(root), "--seed", "3",
-                                          "--images", "10"])
-    assert result.exit_code == 0, result.output
-    split = load_refer_split(root, "synthref", "synth", "test")
-    return next(s for s in split.samples if len(s.annotations) >= 3)
+    return next(s for s in synthref_split(tmp_path_factory) if len(s.annotations) >= 3)
 
 
 @pytest.fixture(scope="module")
