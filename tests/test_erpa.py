@@ -291,3 +291,13 @@ def test_rank_inputs_count_members_before_and_after(clip_dir: Path) -> None:
     assert features[3, :2].tolist() == [0.0, 0.0]        # alone in its entity
     assert features[:3, 2].tolist() == pytest.approx([1 / 3, 0.0, 2 / 3])
     assert features[0, 12].item() == pytest.approx(math.log1p(3.0))
+
+
+def test_shipped_checkpoint_loads_by_name(samples: list[Sample]) -> None:
+    """``checkpoint="synthref-erpa"`` resolves to the packaged float16 weights; the frozen
+    CLIP comes from the packaged synthref-clip; answers are the samples' own boxes."""
+    method = build_method("erpa", checkpoint="synthref-erpa")
+    assert isinstance(method, ErpaMethod) and method.config.head == "select"
+    for prediction, sample in zip(method.predict(samples[:4]), samples, strict=False):
+        assert prediction.box in {a.box for a in sample.annotations}
+        assert prediction.candidates and prediction.candidates[0].box == prediction.box

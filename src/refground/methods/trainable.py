@@ -281,6 +281,9 @@ def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
     def factory(checkpoint: str | Path | None = None, device: str = "cpu",
                 **options: Any) -> MethodT:
         if checkpoint is not None:
+            from refground.vision.shipped import resolve_clip_name
+
+            checkpoint = resolve_clip_name(str(checkpoint))  # a shipped model's short name
             fixed = sorted(set(options) - cls.inference_options)
             if fixed:
                 allowed = ", ".join(sorted(cls.inference_options)) or "none"

@@ -1,5 +1,8 @@
 """Models that ship inside the package, so the zero-shot methods run on a fresh offline machine.
 
+``synthref-erpa``, when present, is an ``erpa`` checkpoint trained on SynthRef with that CLIP
+(``build_method("erpa", checkpoint="synthref-erpa")``); see its ``training.json``.
+
 ``synthref-clip`` is a small CLIP trained contrastively on SynthRef's train split
 (``refground pretrain-clip``). It knows SynthRef's shapes, colours and marked-view prompts and
 nothing else: use a real CLIP (``-o clip=openai/clip-vit-base-patch32`` or a local copy) on real
@@ -28,7 +31,8 @@ def shipped_path(name: str) -> Path | None:
 
 
 def resolve_clip_name(name: str) -> str:
-    """Map a shipped model's short name to its directory; other names pass through."""
+    """Map a shipped model's short name (``synthref-clip``, ``synthref-erpa``) to its
+    directory; other names pass through."""
     path = shipped_path(name)
     return str(path) if path is not None else name
 
