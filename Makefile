@@ -12,7 +12,7 @@ demo: $(VENV)/.core-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs  # -rs: every skip prints its reason
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
