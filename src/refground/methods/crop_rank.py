@@ -19,17 +19,12 @@ from refground.methods.proposal_scoring import (
     features_per_item,
 )
 from refground.vision.clip import ClipEncoder
+from refground.vision.preprocess import crop_box
 
 
 def crop_pixels(item: ScoringItem) -> list[Tensor]:
     """The proposals' crops of the item's image, at least one pixel each side."""
-    _, height, width = item.pixels.shape
-    crops = []
-    for x0, y0, x1, y1 in item.proposals.boxes.round().int().tolist():
-        x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
-        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
-        crops.append(item.pixels[:, y0:y1, x0:x1])
-    return crops
+    return [crop_box(item.pixels, box) for box in item.proposals.boxes]
 
 
 @METHODS.register("crop-rank")

@@ -37,6 +37,7 @@ from refground.errors import ConfigError
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
     Batch,
+    FrozenPartModel,
     MethodConfig,
     TrainableMethod,
     image_sizes,
@@ -252,7 +253,7 @@ class MLP(nn.Module):
         return x
 
 
-class DetrModel(nn.Module):
+class DetrModel(FrozenPartModel):
     """The network; ``forward(batch)`` returns per decoder layer ``logits`` and ``boxes``.
 
     Outputs: ``{"logits": (L, B, Q), "boxes": (L, B, Q, 4)}`` with ``L = decoder_layers``, the
@@ -264,8 +265,7 @@ class DetrModel(nn.Module):
         d = config.d_model
         self.freeze_text = config.freeze_text
         self.text_encoder = text_encoder
-        if self.freeze_text:
-            self.text_encoder.requires_grad_(False)
+        self.freeze_part("text_encoder", self.freeze_text)
         self.backbone = Backbone(config.backbone_widths, config.backbone_blocks, config.norm)
         self.input_proj = nn.Conv2d(self.backbone.out_channels, d, 1)
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.hidden_size, d), nn.LayerNorm(d))
@@ -284,13 +284,6 @@ class DetrModel(nn.Module):
         # pushing every logit down (the focal-loss initialisation of Lin et al.)
         nn.init.constant_(self.class_head.bias, -math.log(max(config.queries - 1, 1)))
         self.train()
-
-    def train(self, mode: bool = True) -> DetrModel:
-        """Switch modes, but keep a frozen text tower in eval mode (no dropout) always."""
-        super().train(mode)
-        if self.freeze_text:
-            self.text_encoder.eval()
-        return self
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         if self.freeze_text:

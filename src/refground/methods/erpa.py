@@ -88,7 +88,13 @@ from refground.methods.trainable import (
 )
 from refground.types import Candidate, Entity, Prediction, Sample, SceneGraph
 from refground.vision.clip import ClipEncoder, CLIPModel
-from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
+from refground.vision.preprocess import (
+    ClipPreprocessConfig,
+    crop_box,
+    pil_to_tensor,
+    preprocess_tensor,
+    squash_config,
+)
 from refground.vision.proposals import (
     GroundTruthProposer,
     Proposals,
@@ -292,11 +298,12 @@ class ErpaCollator:
         tokens = self.tokenizer(texts, padding=True, truncation=True,
                                 max_length=self.max_length, return_tensors="pt")
         pixels = {path: pil_to_tensor(image) for path, image in decoded.items()}
+        image_slot = {path: slot for slot, path in enumerate(pixels)}
         node_boxes, node_mask = pad_stack([lay.node_boxes for lay in layouts], 0.5)
         edge_nodes, edge_mask = pad_stack([lay.edge_nodes for lay in layouts])
         batch: Batch = {
             "pixels": preprocess_tensor(list(pixels.values()), self.preprocess),
-            "image_index": torch.tensor([list(decoded).index(s.image_path) for s in samples]),
+            "image_index": torch.tensor([image_slot[s.image_path] for s in samples]),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "node_boxes": node_boxes,
@@ -332,18 +339,10 @@ class ErpaCollator:
                 crop_key = (key, box.numpy().tobytes())
                 if crop_key not in index:
                     index[crop_key] = len(cut)
-                    cut.append(crop(image, box))
+                    cut.append(crop_box(image, box))
                 rows.append(index[crop_key])
             node_crop.append(torch.tensor(rows, dtype=torch.long))
         return preprocess_tensor(cut, self.crop_preprocess), pad_stack(node_crop)[0]
-
-
-def crop(image: Tensor, box: Tensor) -> Tensor:
-    """``image[:, y0:y1, x0:x1]`` of a pixel xyxy box, at least one pixel each side."""
-    _, height, width = image.shape
-    x0, y0, x1, y1 = box.round().int().tolist()
-    x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
-    return image[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
 
 
 def top_k(proposals: Proposals, k: int) -> Proposals:
@@ -372,10 +371,7 @@ def gaussian_heatmaps(boxes: Tensor, grid: int, sigma_scale: float, min_sigma: f
 
 def union_cxcywh(a: Tensor, b: Tensor) -> Tensor:
     """The smallest box enclosing both (normalised cxcywh in, cxcywh out)."""
-    a, b = B.cxcywh_to_xyxy(a), B.cxcywh_to_xyxy(b)
-    union = torch.cat((torch.minimum(a[..., :2], b[..., :2]),
-                       torch.maximum(a[..., 2:], b[..., 2:])), dim=-1)
-    return B.xyxy_to_cxcywh(union)
+    return B.xyxy_to_cxcywh(B.enclosing_box(B.cxcywh_to_xyxy(a), B.cxcywh_to_xyxy(b)))
 
 
 def sinusoidal(positions: Tensor, dim: int) -> Tensor:
@@ -676,14 +672,10 @@ class ErpaMethod(TrainableMethod):
         model = ErpaModel(config, encoder.model)
         proposer = build_proposer(config.proposals, **dict(config.proposal_options))
         clip_preprocess = encoder.preprocess_config
-        m0, m1, m2 = clip_preprocess.image_mean
-        s0, s1, s2 = clip_preprocess.image_std
-        preprocess = ClipPreprocessConfig(shortest_edge=None,
-                                          resize_to=(encoder.image_size, encoder.image_size),
-                                          crop_size=None, image_mean=(m0, m1, m2),
-                                          image_std=(s0, s1, s2))
+        preprocess = squash_config(encoder.image_size, clip_preprocess.image_mean,
+                                   clip_preprocess.image_std)
         collate = ErpaCollator(config, proposer, encoder.tokenizer, encoder.max_length,
-                               preprocess, encoder.preprocess_config)
+                               preprocess, clip_preprocess)
         return cls(config, model, device, collate=collate)
 
     @property

@@ -36,9 +36,9 @@ class OracleMethod(Method):
 
 
 class _RankAnnotations(Method):
-    needs_annotations = True  # type: ignore[assignment]
-
     """Rank the image's annotated boxes by a score; no annotations -> the whole image."""
+
+    needs_annotations = True  # type: ignore[assignment]
 
     @abstractmethod
     def score(self, boxes: torch.Tensor, sample: Sample) -> torch.Tensor:

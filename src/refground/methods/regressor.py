@@ -62,7 +62,12 @@ from refground.vision.hrnet import (
     conv_norm_relu,
     resample,
 )
-from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
+from refground.vision.preprocess import (
+    ClipPreprocessConfig,
+    pil_to_tensor,
+    preprocess_tensor,
+    squash_config,
+)
 from refground.vision.shipped import SHIPPED_CLIP, resolve_clip_name
 
 
@@ -105,18 +110,6 @@ class RegressorConfig(MethodConfig):
 
 
 # --- the batch --------------------------------------------------------------------------------
-
-def squash_config(size: int, mean: Sequence[float], std: Sequence[float]) -> ClipPreprocessConfig:
-    """Preprocessing that squashes the whole image to ``size x size`` (no crop) and normalises.
-
-    A crop would cut off objects at the image's edges, and boxes are predicted normalised to
-    the whole image, so the aspect change is undone when they are scaled back to pixels.
-    """
-    m0, m1, m2 = (float(v) for v in mean)
-    s0, s1, s2 = (float(v) for v in std)
-    return ClipPreprocessConfig(shortest_edge=None, resize_to=(size, size), crop_size=None,
-                                image_mean=(m0, m1, m2), image_std=(s0, s1, s2))
-
 
 @dataclass(frozen=True, eq=False)
 class RegressorCollator:

@@ -265,3 +265,24 @@ def preprocess_pil(images: Sequence[Image.Image], image_processor: Any) -> Tenso
     rgb = [image.convert("RGB") for image in images]
     output = image_processor(images=rgb, return_tensors="pt")
     return output["pixel_values"].float()
+
+
+def squash_config(size: int, mean: Sequence[float], std: Sequence[float]) -> ClipPreprocessConfig:
+    """Preprocessing that squashes the whole image to ``size x size`` (no crop) and normalises.
+
+    A crop would cut off objects at the image's edges, and boxes are predicted normalised to
+    the whole image, so the aspect change is undone when they are scaled back to pixels.
+    """
+    m0, m1, m2 = (float(v) for v in mean)
+    s0, s1, s2 = (float(v) for v in std)
+    return ClipPreprocessConfig(shortest_edge=None, resize_to=(size, size), crop_size=None,
+                                image_mean=(m0, m1, m2), image_std=(s0, s1, s2))
+
+
+def crop_box(image: Tensor, box: Sequence[float] | Tensor) -> Tensor:
+    """``image[:, y0:y1, x0:x1]`` of a pixel xyxy box (rounded), clamped into the image and at
+    least one pixel each side, so a degenerate proposal still gives CLIP something to see."""
+    _, height, width = image.shape
+    x0, y0, x1, y1 = (int(v) for v in torch.as_tensor(box).round().tolist())
+    x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+    return image[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
