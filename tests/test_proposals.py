@@ -35,6 +35,7 @@ from refground.vision.proposals import (
     ProposerLoadError,
     build_proposer,
     default_queries,
+    graph_queries,
     postprocess,
 )
 from refground.vision.proposers.grounding_dino import grounding_prompt, token_query_map
@@ -264,11 +265,18 @@ def test_batch_size_mismatch_is_an_error(images: list[Image.Image],
         build_proposer("gt").propose(images, samples[:1])
 
 
-def test_default_queries_use_entity_heads() -> None:
-    graph = SceneGraph((Entity("the red car", "car"), Entity("the man", "man"),
-                        Entity("a car", "car")))
-    assert default_queries(Sample("q", Path("q.jpg"), 1, 1, "x", graph=graph)) == ("car", "man")
-    assert default_queries(Sample("q", Path("q.jpg"), 1, 1, " the  dog ")) == ("the dog",)
+def test_default_queries_are_the_parsed_entity_heads_never_the_gold_graph() -> None:
+    """Sample.graph is SynthRef's gold graph: detector queries must come from parsing."""
+    gold = SceneGraph((Entity("the striped zebra", "zebra"), Entity("a lamp", "lamp")))
+    sample = Sample("q", Path("q.jpg"), 1, 1, "the red car left of the man", graph=gold)
+    assert default_queries(sample) == ("car", "man")
+    assert default_queries(Sample("q", Path("q.jpg"), 1, 1, " the  dog ")) == ("dog",)
+    assert default_queries(Sample("q", Path("q.jpg"), 1, 1, "", graph=gold)) == ()
+    # an expression the parser refuses (too long) is its own query
+    long = "the dog " * 300
+    assert default_queries(Sample("q", Path("q.jpg"), 1, 1, long)) == (long.strip(),)
+    assert graph_queries(gold, "anything") == ("zebra", "lamp")
+    assert graph_queries(SceneGraph(), " the  dog ") == ("the dog",)
 
 
 # --- tiny real detectors -----------------------------------------------------------------------
@@ -348,13 +356,13 @@ def test_owlvit_batching_does_not_change_results(owlvit_dir: Path, images: list[
 
 def test_owlvit_queries_default_to_entity_heads_and_empty_means_fallback(
         owlvit_dir: Path, images: list[Image.Image]) -> None:
-    graph = SceneGraph((Entity("the red car", "car"), Entity("the man", "man")))
-    sample = Sample("a", Path("a.jpg"), 64, 48, "the red car left of the man", graph=graph)
+    gold = SceneGraph((Entity("the striped zebra", "zebra"),))  # never used for queries
+    sample = Sample("a", Path("a.jpg"), 64, 48, "the red car left of the man", graph=gold)
     other = Sample("b", Path("b.jpg"), 40, 80, "the dog")
     proposer = build_proposer("owlvit", model=str(owlvit_dir), **UNFILTERED)
     derived, from_expression = proposer.propose(images, [sample, other])
     assert set(derived.labels) <= {"car", "man"}
-    assert set(from_expression.labels) == {"the dog"}
+    assert set(from_expression.labels) == {"dog"}
     skipped, detected = proposer.propose(images, [sample, other], [[], ["dog"]])
     assert skipped.fallback == WHOLE_IMAGE and detected.fallback is None
 

@@ -21,6 +21,7 @@ from refground.types import Sample
 from refground.vision.clip import ClipEncoder
 from refground.vision.tiny_clip import build_tiny_clip, save_tiny_clip
 from tests.conftest import write_mini_refer
+from tests.tiny_detectors import save_tiny_owlvit
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +97,15 @@ def test_ensemble_averages_backbones(encoder: ClipEncoder, samples: list[Sample]
         torch.testing.assert_close(got, want)
 
 
-def test_category_prior_adds_label_similarity(encoder: ClipEncoder,
-                                              samples: list[Sample]) -> None:
-    plain = VisualPrompt(encoders=[encoder], debias=0)
-    prior = VisualPrompt(encoders=[encoder], debias=0, category_prior=0.5)
-    items = plain.prepare_items(samples[:1])
+def test_category_prior_adds_label_similarity(encoder: ClipEncoder, samples: list[Sample],
+                                              tmp_path: Path) -> None:
+    """The prior scores a detector's own labels (gt labels are gold: test_gold_leakage.py)."""
+    detector = {"proposals": "owlvit",
+                "proposal_options": {"model": str(save_tiny_owlvit(tmp_path / "owl"))}}
+    plain = VisualPrompt(encoders=[encoder], debias=0, **detector)
+    prior = VisualPrompt(encoders=[encoder], debias=0, category_prior=0.5, **detector)
+    items = plain.prepare_items(samples[:1], [["man", "dog", "car"]])
+    assert len(set(items[0].proposals.labels)) > 1  # not a constant offset
     expression = encoder.encode_texts([samples[0].expression])[0]
     labels = encoder.encode_texts([f"A picture of a {label}"
                                    for label in items[0].proposals.labels])

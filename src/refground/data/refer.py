@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -62,6 +62,12 @@ class _Image:
 
 class _Invalid(Exception):
     """A record is malformed; carries the message naming the file and record."""
+
+
+#: What reading a record of the wrong shape raises (an int that is a list, a float that is
+#: infinite, a box that is not four numbers); such a record is reported, never raised raw.
+MALFORMED = (KeyError, TypeError, ValueError, OverflowError, IndexError, AttributeError,
+             BoxError)
 
 
 def refs_path(root: Path, dataset: str, split_by: str) -> Path:
@@ -120,6 +126,12 @@ def load_refer_split(
             if not skip_invalid:
                 raise DatasetError(str(problem)) from None
             skipped.append(str(problem))
+        except MALFORMED as exc:  # a value of the wrong type deep in the record
+            problem = (f"{pickle_path}, ref #{index}: malformed "
+                       f"({type(exc).__name__}: {exc})")
+            if not skip_invalid:
+                raise DatasetError(problem) from None
+            skipped.append(problem)
     return ReferSplit(dataset, split_by, split, tuple(samples), tuple(skipped))
 
 
@@ -195,6 +207,8 @@ def _load_instances(
             data = json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise DatasetError(f"{path}: not valid instances JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
@@ -208,7 +222,7 @@ def _load_instances(
         for index, record in enumerate(data[key]):
             try:
                 record_id, value = parse(record)
-            except (KeyError, TypeError, ValueError, BoxError) as exc:
+            except MALFORMED as exc:
                 problem = f"{path}: {key}[{index}] is malformed ({type(exc).__name__}: {exc})"
                 if not skip_invalid:
                     raise DatasetError(problem) from None
@@ -227,7 +241,26 @@ def _parse_image(record: Mapping[str, Any]) -> tuple[int, _Image]:
     width, height = int(record["width"]), int(record["height"])
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    return int(record["id"]), _Image(str(record["file_name"]), width, height)
+    return int(record["id"]), _Image(relative_file_name(record["file_name"]), width, height)
+
+
+def relative_file_name(name: object) -> str:
+    """``name`` if it is a plain relative path that stays inside the image folder.
+
+    Annotation files come from elsewhere: an absolute path or a ``..`` would make loading a
+    split read (and show) any image on the machine, so both are refused, in POSIX and Windows
+    spelling alike.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"file_name must be a non-empty string, got {name!r}")
+    if "\0" in name:
+        raise ValueError(f"file_name contains a NUL character: {name!r}")
+    for flavour in (PurePosixPath, PureWindowsPath):
+        path = flavour(name)
+        if path.is_absolute() or path.anchor or ".." in path.parts:
+            raise ValueError(f"file_name must be a path inside the image folder, without "
+                             f"'..' or a leading '/' or drive: {name!r}")
+    return name
 
 
 def _parse_annotation(record: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:

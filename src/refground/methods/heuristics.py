@@ -6,6 +6,11 @@
 
 ``center`` and ``largest`` choose among the image's annotated boxes ("ground-truth proposals"),
 so their accuracy is the chance level a real method has to beat in that setting.
+
+At predict time ``center`` and ``largest`` read only the annotations' boxes (and the image size);
+the categories appear as their candidates' display labels and never in a score, so they stay
+honest baselines. ``oracle`` alone reads the gold ``gt_box``: that is its purpose, and it is why
+its score says nothing about grounding (tests/test_gold_leakage.py checks both).
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ class ScoringItem:
     proposals: Proposals
 
 
+#: The proposer a scoring method uses unless told otherwise: the annotated boxes.
+DEFAULT_PROPOSALS = "gt"
+
+
 def as_name_list(value: str | Sequence[str]) -> list[str]:
     names = [value] if isinstance(value, str) else list(value)
     if not names or not all(isinstance(n, str) and n for n in names):
@@ -46,7 +50,7 @@ def as_name_list(value: str | Sequence[str]) -> list[str]:
 class ProposalScoringMethod(Method):
     """Base of ``crop-rank`` and ``visual-prompt``; see the module docstring."""
 
-    def __init__(self, clip: str | Sequence[str] = SHIPPED_CLIP, proposals: str = "gt",
+    def __init__(self, clip: str | Sequence[str] = SHIPPED_CLIP, proposals: str = DEFAULT_PROPOSALS,
                  proposal_options: dict[str, Any] | None = None, device: str = "cpu",
                  clip_batch_size: int = 64, text_cache_dir: str | None = None,
                  dtype: str = "float32", encoders: Sequence[ClipEncoder] | None = None) -> None:
@@ -67,15 +71,22 @@ class ProposalScoringMethod(Method):
     def score(self, items: Sequence[ScoringItem]) -> list[Tensor]:
         """One score per proposal for each item (higher is better)."""
 
-    def prepare_items(self, samples: Sequence[Sample]) -> list[ScoringItem]:
-        """Load each distinct image of the batch once and propose boxes for every sample."""
+    def prepare_items(self, samples: Sequence[Sample],
+                      queries: Sequence[Sequence[str]] | None = None) -> list[ScoringItem]:
+        """Load each distinct image of the batch once and propose boxes for every sample.
+
+        ``queries`` go to a text-conditioned proposer (one list per sample); ``None`` lets it
+        derive them from each expression's parsed graph. A caller holding its own graphs
+        (another parser backend, a dataset's graph cache) passes their heads here
+        (:func:`~refground.vision.proposals.graph_queries`).
+        """
         decoded: dict[Path, tuple[Image.Image, Tensor]] = {}
         for sample in samples:
             if sample.image_path not in decoded:
                 image = load_image(sample.image_path)
                 decoded[sample.image_path] = (image, pil_to_tensor(image).float() / 255)
         images = [decoded[sample.image_path][0] for sample in samples]
-        proposals = self.proposer.propose(images, samples)
+        proposals = self.proposer.propose(images, samples, queries)
         return [
             ScoringItem(sample, decoded[sample.image_path][1], props)
             for sample, props in zip(samples, proposals, strict=True)

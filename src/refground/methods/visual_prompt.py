@@ -9,6 +9,11 @@ text well gets no credit for it. Views are then aggregated per proposal (the rep
 its code takes the max: an option, default max), optionally plus a category prior, and the best
 proposal wins.
 
+The category prior (``category_prior`` > 0) adds the similarity of the expression to "A picture
+of a <label>" for each proposal's label. Only a detector's own labels may feed it (its text
+queries, parsed from the expression, or its class names): with ``proposals="gt"`` the labels are
+the annotations' gold categories, so that combination is refused with a ConfigError.
+
 Speed: views are rendered on tensors directly in CLIP's frame (:mod:`refground.vision.prompts`),
 all views of a batch go through CLIP together, and the debias term needs only the *mean* of the
 debias text features, computed once: mean_r(t_r . v) = (mean_r t_r) . v.
@@ -27,12 +32,14 @@ from refground.data.refer import load_refer_split
 from refground.errors import ConfigError, DatasetError
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.proposal_scoring import (
+    DEFAULT_PROPOSALS,
     ProposalScoringMethod,
     ScoringItem,
     features_per_item,
 )
 from refground.vision.clip import ClipEncoder
 from refground.vision.prompts import PromptStyle, render_views
+from refground.vision.proposals import GroundTruthProposer
 from refground.vision.shipped import bundled_debias_expressions
 
 AGGREGATIONS = ("max", "mean")
@@ -80,6 +87,14 @@ class VisualPrompt(ProposalScoringMethod):
             raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
         if debias < 0:
             raise ConfigError(f"debias (number of expressions) must be >= 0, got {debias}")
+        proposals = options.get("proposals", DEFAULT_PROPOSALS)
+        if category_prior and proposals == GroundTruthProposer.name:
+            # Checked before any model loads: with gt proposals the labels are gold categories.
+            raise ConfigError(
+                f"visual-prompt: category_prior={category_prior!r} with proposals='gt' would "
+                "score each box by its annotated category, a gold label no method may see; "
+                "use a detector whose own labels feed the prior (proposals='owlvit', "
+                "'grounding-dino', 'detr' or 'yolo') or set category_prior=0")
         super().__init__(**options)  # type: ignore[arg-type]
         red, green, blue = (int(c) for c in color)
         self.style = PromptStyle(marker=marker, color=(red, green, blue), stroke=float(stroke),

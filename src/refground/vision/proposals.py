@@ -32,7 +32,7 @@ from torch import Tensor
 from refground import boxes as B
 from refground.errors import ConfigError, ModelLoadError
 from refground.registry import Registry
-from refground.types import Candidate, Sample
+from refground.types import Candidate, Sample, SceneGraph
 
 #: ``Proposals.fallback`` when nothing survived and the whole image stands in as the one box.
 WHOLE_IMAGE = "whole-image"
@@ -169,7 +169,12 @@ class Proposer(Protocol):
     ``images[i]`` is the image of ``samples[i]``; boxes come back in its pixel coordinates.
     ``queries[i]`` are the texts to detect in image ``i`` (e.g. the head nouns of the
     expression's entities) for text-conditioned detectors; ``None`` lets the proposer derive
-    them from the sample (:func:`default_queries`); closed-vocabulary proposers ignore them.
+    them from the sample's expression (:func:`default_queries`); closed-vocabulary proposers
+    ignore them.
+
+    A proposer runs at predict time, so it reads only what a user could supply: the image, the
+    sample's ``width``/``height`` and ``expression``, and (``gt``) the annotation boxes - never
+    ``gt_box``, ids, ``expression_type`` or the gold ``graph``.
     """
 
     name: str
@@ -216,17 +221,43 @@ def build_proposer(name: str, **options: Any) -> Proposer:
 
 # --- queries ---------------------------------------------------------------------------------
 
-def default_queries(sample: Sample) -> tuple[str, ...]:
+def default_queries(sample: Sample, backend: str = "auto") -> tuple[str, ...]:
     """What a text-conditioned proposer looks for when no queries are given.
 
-    The head nouns of the expression's parsed entities when the sample has a scene graph
-    ("the man left of the car" -> man, car: each entity gets detections), else the expression.
+    The head nouns of the expression's *parsed* entities ("the man left of the car" -> man,
+    car: each entity gets detections), else the expression. Parsed, never ``Sample.graph``: on
+    SynthRef that is the generator's gold graph, and queries built from it would hand every
+    detector-backed method gold structure at predict time. See :func:`parsed_queries`.
     """
-    if sample.graph is not None and sample.graph.entities:
-        heads = clean_queries(entity.head for entity in sample.graph.entities)
+    return parsed_queries([sample.expression], backend)[0]
+
+
+def parsed_queries(expressions: Sequence[str], backend: str = "auto") -> list[tuple[str, ...]]:
+    """:func:`graph_queries` of each expression's parsed scene graph, parsed in one batch.
+
+    :func:`refground.language.graphs_for` memoises per process, so a detector asked about the
+    same expression again does not parse it again. An expression the parser refuses (empty,
+    too long) has no entities and is its own query. Imported lazily: listing proposers must not
+    load the parser.
+    """
+    from refground.language import graphs_for
+
+    graphs = graphs_for(expressions, backend=backend)
+    return [graph_queries(graph, expression)
+            for graph, expression in zip(graphs, expressions, strict=True)]
+
+
+def graph_queries(graph: SceneGraph | None, expression: str) -> tuple[str, ...]:
+    """The head nouns of ``graph``'s entities, cleaned; ``expression`` itself when there are none.
+
+    For callers that already hold the expression's graph (a method with its own parser cache
+    or backend) and pass the result as ``queries``.
+    """
+    if graph is not None and graph.entities:
+        heads = clean_queries(entity.head for entity in graph.entities)
         if heads:
             return heads
-    return clean_queries([sample.expression])
+    return clean_queries([expression])
 
 
 def clean_queries(queries: Sequence[str] | Any) -> tuple[str, ...]:
@@ -244,9 +275,10 @@ def clean_queries(queries: Sequence[str] | Any) -> tuple[str, ...]:
 
 def resolve_queries(samples: Sequence[Sample], queries: Sequence[Sequence[str]] | None
                     ) -> list[tuple[str, ...]]:
-    """Per-image queries: the given ones cleaned, or :func:`default_queries` of each sample."""
+    """Per-image queries: the given ones cleaned, or :func:`default_queries` of each sample
+    (their expressions parsed together)."""
     if queries is None:
-        return [default_queries(sample) for sample in samples]
+        return parsed_queries([sample.expression for sample in samples])
     if isinstance(queries, str) or len(queries) != len(samples):
         raise ConfigError(
             f"queries must be one list of strings per image ({len(samples)} images), got "
@@ -274,10 +306,12 @@ class GroundTruthProposer:
     """The sample's annotated boxes, score 1, labelled with their category.
 
     The standard "ground-truth proposals" setting of REC papers: it isolates the grounding step
-    from detection errors. Annotation order is kept (all scores tie). A sample without
-    annotations gets the whole-image fallback. Queries are ignored. Annotations are in the
-    sample's ``width`` x ``height`` pixels; when the image given is another size (a method
-    resized it), they are scaled to it, like every proposer's boxes.
+    from detection errors. The boxes are the candidates; the categories are gold annotations,
+    carried only as the candidates' display labels: no method may score with them
+    (``visual-prompt`` refuses ``category_prior`` with ``gt``). Annotation order is kept (all
+    scores tie). A sample without annotations gets the whole-image fallback. Queries are
+    ignored. Annotations are in the sample's ``width`` x ``height`` pixels; when the image given
+    is another size (a method resized it), they are scaled to it, like every proposer's boxes.
     """
 
     postprocess: PostProcess = field(default_factory=PostProcess)
