@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refground.data.refer import load_refer_split
-from refground.errors import UnknownNameError
+from refground.errors import ConfigError, UnknownNameError
 from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
 from refground.evaluate.runner import evaluate, read_predictions
@@ -134,6 +134,24 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert resumed.seen == [s.sample_id for s in samples[24:]]
     assert result.metrics == reference
     assert len(read_predictions(tmp_path / "predictions.jsonl")) == 50
+
+
+def test_resume_refuses_records_of_another_method_or_split(tmp_path: Path) -> None:
+    samples = make_samples(20)
+    evaluate(JitterMethod(), samples[:8], tmp_path, progress=False,
+             run_info={"split": "test", "options": {"jitter": 1}})
+    before = (tmp_path / "predictions.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r'method: "jitter" -> "oracle"'):
+        evaluate(build_method("oracle"), samples, tmp_path, resume=True, progress=False,
+                 run_info={"split": "test", "options": {"jitter": 1}})
+    with pytest.raises(ConfigError, match=r'options: \{"jitter": 1\} -> \{"jitter": 2\}'):
+        evaluate(JitterMethod(), samples, tmp_path, resume=True, progress=False,
+                 run_info={"split": "test", "options": {"jitter": 2}})
+    assert (tmp_path / "predictions.jsonl").read_text() == before
+    resumed = JitterMethod()
+    evaluate(resumed, samples, tmp_path, resume=True, progress=False,
+             run_info={"split": "test", "options": {"jitter": 1}})
+    assert resumed.seen == [s.sample_id for s in samples[8:]]
 
 
 def test_record_rejects_reordered_predictions() -> None:

@@ -8,6 +8,7 @@ a tiny generated SynthRef with the shipped CLIP and gold graphs.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -221,6 +222,32 @@ def test_resolver_chains_relations_and_survives_cycles() -> None:
     assert argmax(resolver.resolve()) == 4
     assert any("cycle" in note for note in resolver.notes)
     assert any("wearing" in note for note in resolver.notes)
+    use = resolver.graph_use()
+    # "right of" closes a cycle when reached from the triangle, but 0 -> 2 uses it directly
+    assert use.used_relations == ("left of", "above", "right of")
+    assert use.dropped_relations == ("wearing",) and use.dropped_any
+
+
+def test_graph_use_names_what_was_dropped_and_what_was_not_reached() -> None:
+    geo = geometry()
+    graph = SceneGraph(
+        (entity("circle", "rightmost", "glowing"), entity("square", "far-flung"),
+         entity("cup"), entity("table", "leftmost")),
+        (Relation(0, "behind", 1), Relation(0, "left of", 2),
+         Relation(3, "holding", 3)))  # a self-relation: malformed
+    resolver = GraphResolver(graph, log_members([1.0] * 4, [1.0] * 4, [1.0] * 4, [1.0] * 4),
+                             geo, ResolveConfig())
+    resolver.resolve()
+    use = resolver.graph_use()
+    assert use.used_relations == ("left of",)
+    assert use.dropped_relations == ("behind", "holding")
+    assert use.used_modifiers == ("rightmost",)
+    # "far-flung" is unknown; entity 3 is connected to nothing, so its "leftmost" never counts
+    assert use.dropped_modifiers == ("glowing", "far-flung", "leftmost")
+    clean = GraphResolver(SceneGraph((entity("circle", "rightmost"),)), log_members([1.0] * 4),
+                          geo, ResolveConfig())
+    clean.resolve()
+    assert not clean.graph_use().dropped_any
 
 
 def test_resolver_applies_modifiers_and_the_inverse_direction() -> None:
@@ -312,6 +339,7 @@ def test_one_scorer_call_per_batch_and_the_fallback(synth_samples: list[Sample],
     expected = crop_rank.predict([empty, no_graph])
     for got, want in zip(predictions[:2], expected, strict=True):
         assert got.extras == {"graph": "none", "graph_fallback": True}
+        assert got.graph_use is not None and not got.graph_use.structured
         assert got.box == want.box and got.candidates == want.candidates
     assert not predictions[2].extras["graph_fallback"]
 
@@ -380,7 +408,7 @@ def test_cli_eval_with_gold_graphs(tmp_path: Path, one_thread: None) -> None:
 
 
 def test_prepare_loads_the_datasets_graph_cache(tmp_path: Path) -> None:
-    cache = pytest.importorskip("refground.language.cache")
+    from refground.language import cache  # the project's own module: a broken import fails
     from refground.methods import DatasetInfo
 
     graph = SceneGraph((entity("red circle"),))
@@ -392,3 +420,32 @@ def test_prepare_loads_the_datasets_graph_cache(tmp_path: Path) -> None:
     assert method.cache == {"the red circle": graph}
     explicit = GraphResolve(graphs="parsed", graph_cache=str(path))
     assert explicit.cache == {"the red circle": graph}
+
+
+def test_dropped_parts_reach_predictions_metrics_and_the_cli(
+        synth_samples: list[Sample], crop_rank: CropRank, tmp_path: Path) -> None:
+    """Free-form relations graph-resolve has no geometry for are recorded per prediction,
+    survive predictions.jsonl and are counted in metrics.json (issue 11, finding 6)."""
+    from refground.evaluate.runner import evaluate, read_predictions
+    from refground.evaluate.table import graph_use_line
+
+    method = GraphResolve(graphs="parsed", parser_backend="rules")
+    method.scorer = crop_rank
+    base = synth_samples[:4]
+    texts = ["the circle behind the square", "the square left of the circle",
+             "the red circle holding the blue square", "the leftmost circle"]
+    samples = [replace(s, expression=t) for s, t in zip(base, texts, strict=True)]
+    result = evaluate(method, samples, tmp_path, progress=False)
+    uses = [r.graph_use for r in result.records]
+    assert [u.dropped_relations for u in uses] == [("behind",), (), ("holding",), ()]
+    assert uses[1].used_relations == ("left of",) and uses[3].used_modifiers == ("leftmost",)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dropped_relations"] == 2 and metrics["dropped_modifiers"] == 0
+    assert metrics["samples_with_dropped_parts"] == 2 and metrics["used_relations"] == 1
+    assert metrics["dropped_by_name"] == {"relation: behind": 1, "relation: holding": 1}
+    assert [r.graph_use for r in read_predictions(tmp_path / "predictions.jsonl")] == uses
+    line = graph_use_line("graph-resolve", metrics)
+    assert "dropped 2 relation(s) and 0 modifier(s)" in line and "in 2 of 4 samples" in line
+    # methods without graphs report nothing of the kind
+    plain = evaluate(crop_rank, samples, progress=False).metrics
+    assert "dropped_relations" not in plain

@@ -131,6 +131,35 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class GraphUse:
+    """Which parts of an expression's scene graph a structured method could act on.
+
+    A relation such as "holding" or a modifier the method has no geometry for is *dropped*: the
+    answer then rests on the rest of the expression. Dropping is legitimate, silent dropping is
+    not: every prediction says what it dropped, and metrics count it. ``structured`` is False
+    when the graph had no entities and the whole expression went to the scorer instead.
+    Entries are predicate or modifier names, one per occurrence in the graph.
+    """
+
+    structured: bool = True
+    used_relations: tuple[str, ...] = ()
+    dropped_relations: tuple[str, ...] = ()
+    used_modifiers: tuple[str, ...] = ()
+    dropped_modifiers: tuple[str, ...] = ()
+
+    @property
+    def dropped_any(self) -> bool:
+        return bool(self.dropped_relations or self.dropped_modifiers or not self.structured)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GraphUse:
+        return cls(bool(data.get("structured", True)),
+                   *(tuple(str(v) for v in data.get(key, ())) for key in (
+                       "used_relations", "dropped_relations", "used_modifiers",
+                       "dropped_modifiers")))
+
+
+@dataclass(frozen=True)
 class Prediction:
     """What a method answers for one sample."""
 
@@ -139,4 +168,5 @@ class Prediction:
     score: float = 0.0
     candidates: tuple[Candidate, ...] = ()
     fallback: str | None = None  # e.g. "whole-image" when no proposal survived
+    graph_use: GraphUse | None = None  # structured methods: what of the graph was used
     extras: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 from refground import boxes as B
 from refground.errors import DatasetError
-from refground.types import BoxTuple, Prediction, Sample
+from refground.types import BoxTuple, GraphUse, Prediction, Sample
 
 TOP_CANDIDATES_KEPT = 5
 
@@ -30,6 +30,7 @@ class EvalRecord:
     distractors: int = 0
     fallback: str | None = None
     candidates: tuple[tuple[BoxTuple, float], ...] = ()
+    graph_use: GraphUse | None = None
 
     @classmethod
     def from_prediction(cls, sample: Sample, prediction: Prediction) -> EvalRecord:
@@ -60,6 +61,7 @@ class EvalRecord:
             candidates=tuple(
                 (B.to_tuple(c.box), float(c.score))
                 for c in prediction.candidates[:TOP_CANDIDATES_KEPT]),
+            graph_use=prediction.graph_use,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -72,4 +74,6 @@ class EvalRecord:
         fields["gt_box"] = tuple(fields["gt_box"])
         fields["candidates"] = tuple(
             (tuple(box), float(score)) for box, score in fields.get("candidates", ()))
+        if fields.get("graph_use") is not None:
+            fields["graph_use"] = GraphUse.from_dict(fields["graph_use"])
         return cls(**fields)

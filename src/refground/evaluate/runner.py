@@ -4,6 +4,12 @@ Predictions are appended batch by batch, so an interrupted evaluation loses at m
 ``resume=True`` reads what is already there (dropping a half-written last line) and predicts only
 the samples still missing. Metrics are always computed from the records, never accumulated
 separately, so a resumed run reports exactly what an uninterrupted one would.
+
+Resuming is only right when the records come from the same run: another method's, options' or
+split's predictions would be kept under this run's name. So every run directory holds
+``run.json``, the run's identity (method, options, proposer, dataset, split, data root), written
+before the first record, and ``resume`` refuses a directory whose identity differs, saying what
+differs.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from refground.errors import DatasetError
+from refground.errors import ConfigError, DatasetError
 from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
 from refground.methods.base import Method
@@ -25,6 +31,7 @@ from refground.types import Sample
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,55 @@ def _rewrite(path: Path, records: Sequence[EvalRecord]) -> None:
     os.replace(tmp, path)
 
 
+#: Recorded in ``run.json`` for the reader, but not part of what must match to resume.
+NOT_COMPARED = frozenset({"skipped_invalid"})
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def identity_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: stored -> current`` for every identity field that differs."""
+    return [f"{key}: {json.dumps(stored.get(key))} -> {json.dumps(current.get(key))}"
+            for key in sorted((set(stored) | set(current)) - NOT_COMPARED)
+            if stored.get(key) != current.get(key)]
+
+
+def check_resumable(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume ``out_dir`` unless its ``run.json`` names the same run."""
+    run_path = out_dir / RUN_FILE
+    if not (out_dir / PREDICTIONS_FILE).exists():
+        return  # nothing to keep: a fresh start
+    if not run_path.is_file():
+        raise ConfigError(
+            f"cannot resume {out_dir}: it has predictions but no {RUN_FILE} saying which "
+            "method, options and split made them; start afresh (drop --resume) or use "
+            "another --out")
+    try:
+        stored = json.loads(run_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{run_path}: not valid JSON ({exc})") from exc
+    if not isinstance(stored, dict):
+        raise DatasetError(f"{run_path}: expected a JSON object")
+    differences = identity_differences(stored, identity)
+    if differences:
+        raise ConfigError(
+            f"cannot resume {out_dir}: its predictions come from another run ("
+            + "; ".join(differences) + "); rerun with the same settings, or drop --resume "
+            "(which starts afresh) or use another --out")
+
+
+def run_identity(method: Method, run_info: dict[str, Any] | None) -> dict[str, Any]:
+    """What must match for records to be reused: the caller's description of the run (the CLI
+    gives method, options, proposer, dataset, split and data root), else the method's name."""
+    identity = {"method": method.name}
+    identity.update(json.loads(json.dumps(run_info or {}, default=str)))  # as stored in JSON
+    return identity
+
+
 def evaluate(
     method: Method,
     samples: Sequence[Sample],
@@ -75,15 +131,23 @@ def evaluate(
     progress: bool = True,
     run_info: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Evaluate ``method`` on ``samples``; with ``out_dir`` write predictions and metrics there."""
+    """Evaluate ``method`` on ``samples``; with ``out_dir`` write predictions and metrics there.
+
+    ``run_info`` identifies the run (see the module doc): it is stored in ``run.json`` and
+    ``metrics.json``, and ``resume`` continues only a directory made with the same one.
+    """
     wanted = {s.sample_id for s in samples}
     done: dict[str, EvalRecord] = {}
+    identity = run_identity(method, run_info)
     predictions_path = out_dir / PREDICTIONS_FILE if out_dir is not None else None
     if predictions_path is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and predictions_path.exists():
-            done = {r.sample_id: r for r in read_predictions(predictions_path)
-                    if r.sample_id in wanted}
+        if resume:
+            check_resumable(out_dir, identity)
+            if predictions_path.exists():
+                done = {r.sample_id: r for r in read_predictions(predictions_path)
+                        if r.sample_id in wanted}
+        _atomic_json(out_dir / RUN_FILE, identity)  # before any record it vouches for
         _rewrite(predictions_path, list(done.values()))
 
     todo = [s for s in samples if s.sample_id not in done]
@@ -111,10 +175,7 @@ def evaluate(
 
     records = tuple(done[s.sample_id] for s in samples)
     metrics = compute_metrics(records)
-    if run_info:
-        metrics["run"] = run_info
+    metrics["run"] = identity
     if out_dir is not None:
-        tmp = out_dir / (METRICS_FILE + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / METRICS_FILE)
+        _atomic_json(out_dir / METRICS_FILE, metrics)
     return EvalResult(metrics, records)

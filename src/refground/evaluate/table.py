@@ -37,3 +37,18 @@ def breakdown_table(metrics: Mapping[str, Any], key: str, title: str) -> Table:
         table.add_row(group, str(values["n"]), _percent(values["acc@0.5"]),
                       _percent(values["miou"]))
     return table
+
+
+def graph_use_line(name: str, metrics: dict[str, Any]) -> str:
+    """One line saying what a structured method dropped of the graphs, so it is never silent."""
+    dropped = metrics["dropped_relations"] + metrics["dropped_modifiers"]
+    line = (f"{name}: dropped {metrics['dropped_relations']} relation(s) and "
+            f"{metrics['dropped_modifiers']} modifier(s) it could not use, in "
+            f"{metrics['samples_with_dropped_parts']} of {metrics['n']} samples")
+    if dropped:
+        top = list(metrics["dropped_by_name"].items())[:5]
+        line += " (most: " + ", ".join(f"{part} x{count}" for part, count in top) + ")"
+    unstructured = metrics["unstructured_samples"]
+    if unstructured:
+        line += f"; {unstructured} sample(s) had no graph and used the whole expression"
+    return line

@@ -40,6 +40,12 @@ class Method(ABC):
         the heuristics): then an image without annotations cannot be grounded."""
         return False
 
+    @property
+    def proposer_name(self) -> str | None:
+        """The proposer of its candidate boxes (``gt``, ``owlvit``...), for run records; None
+        for methods that regress boxes."""
+        return getattr(getattr(self, "proposer", None), "name", None)
+
     def prepare(self, info: DatasetInfo) -> None:  # noqa: B027 - optional hook, no-op default
         """Called once before evaluating on ``info``'s dataset; most methods need nothing."""
 

@@ -39,7 +39,8 @@ from refground.errors import ConfigError
 from refground.language import spatial
 from refground.methods.base import METHODS, DatasetInfo, Method
 from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
-from refground.types import Entity, Prediction, Sample, SceneGraph
+from refground.types import Entity, GraphUse, Prediction, Sample, SceneGraph
+from refground.vision.proposals import graph_queries
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +125,37 @@ def entity_text(entity: Entity, how: str) -> str:
 
 @dataclass
 class GraphResolver:
-    """Resolves one sample's graph over its proposals (mutable only to collect notes)."""
+    """Resolves one sample's graph over its proposals (mutable only to collect what it used).
+
+    Every relation and modifier that contributes a term is marked as used; whatever is left
+    unmarked after :meth:`resolve` (no geometry for it, a malformed or cycle-closing relation,
+    a part not connected to the referent) was dropped, and :meth:`graph_use` says so.
+    """
 
     graph: SceneGraph
     log_members: list[Tensor]  # per entity, (N,)
     geometry: spatial.Geometry
     config: ResolveConfig
     notes: list[str] = field(default_factory=list)
+    used_relations: set[int] = field(default_factory=set)  # relation numbers
+    used_modifiers: set[tuple[int, int]] = field(default_factory=set)  # (entity, position)
 
     def resolve(self) -> Tensor:
         """The referent's (entity 0's) log-score for every proposal."""
         return self.entity_scores(0, None, frozenset())
+
+    def graph_use(self) -> GraphUse:
+        """What :meth:`resolve` acted on and what it dropped, by predicate / modifier name."""
+        relations = [(number in self.used_relations, relation.predicate)
+                     for number, relation in enumerate(self.graph.relations)]
+        modifiers = [((index, position) in self.used_modifiers, name)
+                     for index, entity in enumerate(self.graph.entities)
+                     for position, name in enumerate(entity.spatial)]
+        return GraphUse(
+            used_relations=tuple(name for used, name in relations if used),
+            dropped_relations=tuple(name for used, name in relations if not used),
+            used_modifiers=tuple(name for used, name in modifiers if used),
+            dropped_modifiers=tuple(name for used, name in modifiers if not used))
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -154,11 +175,12 @@ class GraphResolver:
         entity = self.graph.entities[index]
         members = self.members(index)
         score = self.log_members[index].clone()
-        for name in entity.spatial:
+        for position, name in enumerate(entity.spatial):
             values = spatial.modifier(name, self.geometry, members)
             if values is None:
                 self.note(f"ignored unknown modifier {name!r}")
                 continue
+            self.used_modifiers.add((index, position))
             score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
         between_objects: list[tuple[int, int]] = []
         inner = path | {index}
@@ -207,6 +229,7 @@ class GraphResolver:
             return torch.zeros(len(self.geometry))
         if not forward:
             matrix = matrix.T
+        self.used_relations.add(number)
         anchor = self.distribution(other, number, path)
         return torch.log(matrix @ anchor + LOG_FLOOR)
 
@@ -229,6 +252,7 @@ class GraphResolver:
         if total <= 0:
             self.note("ignored 'between': no plausible pair of ends")
             return torch.zeros(n)
+        self.used_relations.update(number for number, _ in objects[:2])
         values = torch.einsum("ijk,jk->i", spatial.between(self.geometry), pairs / total)
         return torch.log(values + LOG_FLOOR)
 
@@ -355,6 +379,10 @@ class GraphResolve(Method):
     def needs_annotations(self) -> bool:
         return self.scorer.needs_annotations
 
+    @property
+    def proposer_name(self) -> str | None:
+        return self.scorer.proposer_name
+
     def prepare(self, info: DatasetInfo) -> None:
         """Prepare the scorer; with parsed graphs, load ``<root>/<dataset>/graphs.<backend>.jsonl``
         if it was written, so parsing (an LLM, perhaps) is not repeated."""
@@ -408,8 +436,12 @@ class GraphResolve(Method):
         return plans, queries
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
-        items = self.scorer.prepare_items(samples)
-        plans, queries = self._plan(items, self._graphs(samples))
+        graphs = self._graphs(samples)
+        # a detector looks for the entities of the graphs resolved below, not another parse
+        items = self.scorer.prepare_items(samples, [
+            graph_queries(graph, sample.expression)
+            for graph, sample in zip(graphs, samples, strict=True)])
+        plans, queries = self._plan(items, graphs)
         scores = self.scorer.score(queries) if queries else []
         return [self._predict_one(item, plan, scores)
                 for item, plan in zip(items, plans, strict=True)]
@@ -418,7 +450,8 @@ class GraphResolve(Method):
                      ) -> Prediction:
         if plan.fallback is not None:
             prediction = rank(item, scores[plan.fallback])
-            return replace(prediction, extras={"graph": "none", "graph_fallback": True})
+            return replace(prediction, graph_use=GraphUse(structured=False),
+                           extras={"graph": "none", "graph_fallback": True})
         n = len(item.proposals)
         log_members = [
             torch.zeros(n) if q is None else log_membership(
@@ -428,6 +461,6 @@ class GraphResolve(Method):
         geometry = spatial.Geometry.of(item.proposals.boxes, width, height)
         resolver = GraphResolver(plan.graph, log_members, geometry, self.config)
         prediction = rank(item, resolver.resolve())
-        return replace(prediction, extras={
+        return replace(prediction, graph_use=resolver.graph_use(), extras={
             "graph": self.graphs, "graph_fallback": False,
             "scene_graph": plan.graph.to_dict(), "notes": list(resolver.notes)})
