@@ -5,18 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint
+.PHONY: demo test
 
 demo: $(VENV)/.core-installed
 	$(BIN)/refground demo
 
+# ruff check is the lint (the tree is not kept in `ruff format` style, so no format check)
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -rs  # -rs: every skip prints its reason
-
-lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
 
 $(VENV)/.core-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from refground.cli import app
+from refground.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,40 @@ def test_limit_and_resume(synth_root: Path, tmp_path: Path) -> None:
     resumed = run_eval(synth_root, "largest", tmp_path / "run", "--resume")
     fresh = run_eval(synth_root, "largest", tmp_path / "fresh")
     assert resumed["acc@0.5"] == fresh["acc@0.5"] and resumed["n"] == fresh["n"]
+
+
+def test_resume_refuses_another_runs_records(synth_root: Path, tmp_path: Path) -> None:
+    """`eval --resume` must not keep oracle's records under center's name (issue 11, 3)."""
+    out = tmp_path / "mix"
+    oracle = run_eval(synth_root, "oracle", out, "--limit", "10")
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "oracle" and run["split"] == "test" and run["proposals"] is None
+    assert run["data"] == str(synth_root.resolve())
+    before = (out / "predictions.jsonl").read_bytes()
+    copy = tmp_path / "copy"
+    shutil.copytree(synth_root, copy)
+    for extra, differs in ((["--method", "center"], 'method: "oracle" -> "center"'),
+                           (["--method", "oracle", "--split", "val"],
+                            'split: "test" -> "val"'),
+                           (["--method", "oracle", "--data", str(copy)], "data: ")):
+        result = CliRunner().invoke(app, ["eval", "--data", str(synth_root), "--out", str(out),
+                                          "--no-progress", "--resume", "--split", "test",
+                                          *extra])
+        assert isinstance(result.exception, ConfigError), result.output
+        assert differs in str(result.exception), result.exception
+    assert (out / "predictions.jsonl").read_bytes() == before
+    assert json.loads((out / "metrics.json").read_text()) == oracle
+    # the same run resumes; a fresh start (no --resume) may reuse the directory
+    assert run_eval(synth_root, "oracle", out, "--resume")["n"] > 10
+    center = run_eval(synth_root, "center", out)
+    assert center == run_eval(synth_root, "center", tmp_path / "fresh") | {"run": center["run"]}
+    assert center["acc@0.5"] < 1.0
+    # records without a run.json (older runs) cannot be vouched for
+    (out / "run.json").unlink()
+    result = CliRunner().invoke(app, ["eval", "--data", str(synth_root), "--method", "center",
+                                      "--out", str(out), "--no-progress", "--resume"])
+    assert isinstance(result.exception, ConfigError)
+    assert "no run.json" in str(result.exception)
 
 
 def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path) -> None:
@@ -134,3 +170,35 @@ def test_demo_runs_offline_and_draws_pictures(tmp_path: Path) -> None:
     pictures = sorted((tmp_path / "pictures").glob("*.png"))
     assert pictures and all(Image.open(p).size[0] > 0 for p in pictures)
     assert "graph-resolve on one test image" in result.output
+    assert_printed_table_matches_predictions(result.output, tmp_path)
+
+
+def printed_rows(output: str) -> dict[str, list[str]]:
+    """The cells of each row of the rich tables in ``output``, keyed by the first cell."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
+        if len(cells) >= 2 and cells[0]:
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def assert_printed_table_matches_predictions(output: str, out: Path) -> None:
+    """The README's claim, checked: every Acc@0.5/0.75/0.9 and mIoU `refground demo` prints is
+    what its predictions.jsonl gives, with IoUs recomputed here by a plain-Python IoU against
+    the boxes of instances.json (not the records' own iou or gt_box fields)."""
+    from refground.demo import demo_methods
+    from tests.test_boxes import py_iou
+
+    instances = json.loads((out / "synthref-data" / "synthref" / "instances.json").read_text())
+    gt = {a["id"]: [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3]] for a in instances["annotations"]}
+    rows = printed_rows(output)
+    for display in demo_methods():
+        records = [json.loads(line) for line in
+                   (out / display.split()[0] / "predictions.jsonl").read_text().splitlines()]
+        ious = [py_iou(r["pred_box"], gt[r["ann_id"]]) for r in records]
+        expected = [str(len(ious))] + [
+            f"{100 * sum(i >= t for i in ious) / len(ious):.1f}" for t in (0.5, 0.75, 0.9)]
+        expected.append(f"{100 * sum(ious) / len(ious):.1f}")
+        assert rows[display] == expected, (display, rows[display], expected)

@@ -8,7 +8,6 @@ import torch
 
 from refground.data.refer import load_refer_split
 from refground.data.synth import generate_synthref
-from refground.methods.crop_rank import CropRank
 from refground.methods.visual_prompt import VisualPrompt
 from refground.types import Sample
 from refground.vision.proposals import build_proposer
@@ -49,14 +48,3 @@ def test_fast_visual_prompt_matches_reference(fixed_set: tuple[list[Sample], lis
     correlation = torch.corrcoef(torch.stack((flat_fast, flat_reference)))[0, 1]
     assert correlation > 0.95
 
-
-def test_shipped_clip_beats_chance_on_attributes(fixed_set: tuple[list[Sample], list[str]]
-                                                 ) -> None:
-    """The shipped model is trained, not random: crop-rank finds attribute referents."""
-    samples, _ = fixed_set
-    attribute = [s for s in samples if s.expression_type == "attribute"]
-    predictions = CropRank().predict(attribute)
-    hits = sum(p.box == s.gt_box for p, s in zip(predictions, attribute, strict=True))
-    chance = sum(1 / len(s.annotations) for s in attribute)
-    assert len(attribute) >= 4
-    assert hits > chance, (hits, chance)
