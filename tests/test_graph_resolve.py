@@ -449,3 +449,19 @@ def test_dropped_parts_reach_predictions_metrics_and_the_cli(
     # methods without graphs report nothing of the kind
     plain = evaluate(crop_rank, samples, progress=False).metrics
     assert "dropped_relations" not in plain
+
+
+def test_one_plain_entity_equals_the_scorer(synth_samples: list[Sample],
+                                            crop_rank: CropRank) -> None:
+    """No relation, no spatial word: graph-resolve answers exactly what its scorer answers on
+    the whole expression, in other phrasings too (issue 12: it scored 44% where crop-rank
+    scored 70% on attribute-only expressions phrased otherwise)."""
+    method = GraphResolve(graphs="parsed", parser_backend="rules")
+    method.scorer = crop_rank
+    texts = ["red circle", "a big blue star, please", "the little green thing",
+             "yellow triangle", "the square that is purple"]
+    samples = [replace(s, expression=t) for s, t in zip(synth_samples, texts, strict=False)]
+    for got, want in zip(method.predict(samples), crop_rank.predict(samples), strict=True):
+        assert got.box == want.box and got.candidates == want.candidates
+        assert got.graph_use is not None and got.graph_use.structured
+        assert not got.graph_use.dropped_any

@@ -121,6 +121,16 @@ def entity_text(entity: Entity, how: str) -> str:
     return entity.span.strip() or noun
 
 
+def is_unstructured(graph: SceneGraph) -> bool:
+    """One entity, no relation, no spatial modifier: nothing for geometry to add.
+
+    Such an expression goes to the scorer whole, so graph-resolve equals its scorer on it
+    exactly. Scoring the entity's span instead, through membership probabilities, was only
+    ever a lossy copy of that (the span can drop words; ties break differently).
+    """
+    return len(graph.entities) == 1 and not graph.relations and not graph.entities[0].spatial
+
+
 # --- resolving one graph ------------------------------------------------------------------------
 
 @dataclass
@@ -340,6 +350,7 @@ class GraphResolve(Method):
         relation_weight = _check_positive("relation_weight", relation_weight, True)
         self.parser_backend = _check_backend(parser_backend) if graphs == "parsed" else "auto"
         self.scorer = self._build_scorer(scorer, scorer_options, options)
+        self.device = self.scorer.device  # the scorer's (its ``device`` option, "auto")
         self.config = ResolveConfig(membership, temperature / score_scale(self.scorer),
                                     modifier_weight, relation_weight)
         self.cache: dict[str, SceneGraph] = {}
@@ -427,7 +438,7 @@ class GraphResolve(Method):
 
         plans = []
         for item, graph in zip(items, graphs, strict=True):
-            if not graph.entities:
+            if not graph.entities or is_unstructured(graph):
                 plans.append(_Plan(graph, (), query(item, item.sample.expression)))
                 continue
             plans.append(_Plan(graph, tuple(
@@ -450,6 +461,10 @@ class GraphResolve(Method):
                      ) -> Prediction:
         if plan.fallback is not None:
             prediction = rank(item, scores[plan.fallback])
+            if plan.graph.entities:  # one plain entity: nothing to resolve, nothing dropped
+                return replace(prediction, graph_use=GraphUse(), extras={
+                    "graph": self.graphs, "graph_fallback": False,
+                    "scene_graph": plan.graph.to_dict(), "notes": []})
             return replace(prediction, graph_use=GraphUse(structured=False),
                            extras={"graph": "none", "graph_fallback": True})
         n = len(item.proposals)
