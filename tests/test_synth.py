@@ -17,24 +17,47 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from refground.data.synth import SPLITS, SceneConfig, generate_synthref
+from refground.cli import app
+from refground.data.synth import (
+    DEFAULT_SCALE,
+    SCALES,
+    SPLITS,
+    SceneConfig,
+    generate_synthref,
+    scale_of,
+)
+from refground.data.synth.scenes import sample_scene
 from refground.data.synth.writer import split_sizes
 from refground.errors import ConfigError
 from refground.types import SceneGraph
 
 SEED = 3
-NUM_IMAGES = 40
+# Images per scale for the module's datasets: more at refcoco scale, where its size statistics
+# are checked (and where fewer objects per image give fewer sentences per image).
+IMAGES = {"small": 40, "refcoco": 60}
+# SHA-256 over (relative path, SHA-256 of the bytes) of every file that
+# generate_synthref(root, seed=3, num_images=40, workers=1) wrote with the generator as it was
+# before scales existed (commit 9127603c, the last to touch src/refground/data/synth); computed
+# then with the same digest as _tree_digest. The small scale must keep producing these bytes.
+SMALL_SEED3_40_DIGEST = "768cb81fb8a7279a2eb0a77a4f92560bbf755ecb76afac9b1891125ea0abe658"
 SIZE_WORDS = {"small": "small", "little": "small", "medium": "medium", "large": "large",
               "big": "large"}
 GENERIC_HEADS = {"object", "shape", "thing", "one"}
 PREDICATES = {"left of", "right of", "above", "below", "closest to", "next to"}
 
 
+@pytest.fixture(scope="module", params=list(SCALES))
+def scale(request: pytest.FixtureRequest) -> str:
+    """Every test that uses the dataset runs once per scale."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthref(root, seed=SEED, num_images=NUM_IMAGES, workers=1)
+def synth_root(tmp_path_factory: pytest.TempPathFactory, scale: str) -> Path:
+    root = tmp_path_factory.mktemp(f"synth-{scale}") / "data"
+    generate_synthref(root, seed=SEED, num_images=IMAGES[scale], scale=scale, workers=1)
     return root
 
 
@@ -75,6 +98,24 @@ def _sentences(refs: list[dict[str, Any]], kind: str | None = None
 def _file_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0"
+                          + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _area_shares(instances: dict[str, Any], refs: list[dict[str, Any]]) -> np.ndarray:
+    """Box area / image area of every referent."""
+    images = {i["id"]: i for i in instances["images"]}
+    boxes = {a["id"]: a["bbox"] for a in instances["annotations"]}
+    return np.array([boxes[r["ann_id"]][2] * boxes[r["ann_id"]][3]
+                     / (images[r["image_id"]]["width"] * images[r["image_id"]]["height"])
+                     for r in refs])
 
 
 # --- an independent resolver over instances.json ------------------------------------------------
@@ -132,13 +173,15 @@ def _strictly(predicate: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 # --- layout and schema --------------------------------------------------------------------------
 
-def test_files_are_in_refer_layout(synth_root: Path, instances: dict[str, Any]) -> None:
+def test_files_are_in_refer_layout(synth_root: Path, instances: dict[str, Any],
+                                   scale: str) -> None:
     for name in ("refs(synth).p", "instances.json", "stats.json", "README.txt"):
         assert (synth_root / "synthref" / name).is_file()
     names = sorted(p.name for p in (synth_root / "images").iterdir())
     assert names == sorted(i["file_name"] for i in instances["images"])
-    assert len(names) == NUM_IMAGES
+    assert len(names) == IMAGES[scale]
     assert instances["info"]["seed"] == SEED
+    assert scale_of(instances["info"]["args"]["scene"], instances["info"]["sizes"]) == scale
     assert all(c["supercategory"] == "shape" for c in instances["categories"])
 
 
@@ -188,16 +231,23 @@ def test_ids_are_unique_and_start_at_one(refs: list[dict[str, Any]],
         assert ids == list(range(1, len(ids) + 1))
 
 
-def test_same_seed_gives_identical_bytes_for_any_worker_count(synth_root: Path,
-                                                               tmp_path: Path) -> None:
+def test_same_seed_and_scale_give_identical_bytes_for_any_worker_count(
+        synth_root: Path, scale: str, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate_synthref(again, seed=SEED, num_images=NUM_IMAGES, workers=2)
+    generate_synthref(again, seed=SEED, num_images=IMAGES[scale], scale=scale, workers=2)
     assert _file_hashes(again) == _file_hashes(synth_root)
 
 
-def test_different_seed_gives_different_data(synth_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", ["small"], indirect=True)
+def test_small_scale_writes_the_bytes_of_synthref_before_scales(synth_root: Path) -> None:
+    assert IMAGES["small"] == 40 and SEED == 3, "the reference digest is for seed 3, 40 images"
+    assert _tree_digest(synth_root) == SMALL_SEED3_40_DIGEST
+
+
+def test_different_seed_gives_different_data(synth_root: Path, scale: str,
+                                             tmp_path: Path) -> None:
     other = tmp_path / "other"
-    generate_synthref(other, seed=SEED + 1, num_images=NUM_IMAGES, workers=1)
+    generate_synthref(other, seed=SEED + 1, num_images=IMAGES[scale], scale=scale, workers=1)
     first, second = _file_hashes(synth_root), _file_hashes(other)
     assert first["synthref/refs(synth).p"] != second["synthref/refs(synth).p"]
     assert first["synthref/instances.json"] != second["synthref/instances.json"]
@@ -212,11 +262,12 @@ def test_regenerating_replaces_stale_images(tmp_path: Path) -> None:
 
 # --- splits -------------------------------------------------------------------------------------
 
-def test_all_five_splits_present(refs: list[dict[str, Any]], synth_root: Path) -> None:
+def test_all_five_splits_present(refs: list[dict[str, Any]], synth_root: Path,
+                                 scale: str) -> None:
     assert {r["split"] for r in refs} == set(SPLITS)
     stats = json.loads((synth_root / "synthref" / "stats.json").read_text())
     assert set(stats["splits"]) == set(SPLITS)
-    assert sum(s["images"] for s in stats["splits"].values()) == NUM_IMAGES
+    assert sum(s["images"] for s in stats["splits"].values()) == IMAGES[scale]
     assert sum(s["sentences"] for s in stats["splits"].values()) == sum(
         len(r["sentences"]) for r in refs)
 
@@ -233,6 +284,8 @@ def test_small_datasets_still_get_every_split() -> None:
     {"fractions": {"train": 1.0, "dev": 0.5}},
     {"seed": -1},
     {"type_weights": {"attribute": 0.0}},
+    {"scale": "huge"},
+    {"scale": "refcoco", "scene_config": SceneConfig()},
 ])
 def test_bad_arguments_raise_config_errors(arguments: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
@@ -240,11 +293,25 @@ def test_bad_arguments_raise_config_errors(arguments: dict[str, Any], tmp_path: 
     assert not (tmp_path / "out").exists(), "nothing is written for rejected arguments"
 
 
+def test_unknown_scale_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown SynthRef scale 'huge'") as caught:
+        generate_synthref(tmp_path / "out", num_images=10, scale="huge")
+    assert all(name in str(caught.value) for name in ("small", "refcoco"))
+
+
 def test_impossible_scene_settings_are_rejected() -> None:
     with pytest.raises(ConfigError, match="min_objects"):
         SceneConfig(min_objects=5, max_objects=3)
     with pytest.raises(ConfigError, match="min_side"):
         SceneConfig(min_side=50)
+    with pytest.raises(ConfigError, match="too close"):
+        SceneConfig(sizes=(("small", 24, 30), ("medium", 32, 48), ("large", 60, 76)))
+    with pytest.raises(ConfigError, match="small, medium, large"):
+        SceneConfig(sizes=(("tiny", 24, 30), ("medium", 38, 48), ("large", 60, 76)))
+    with pytest.raises(ConfigError, match="placement"):
+        SceneConfig(placement="anywhere")
+    with pytest.raises(ConfigError, match="max_fill"):
+        SceneConfig(max_fill=1.5)
 
 
 def test_each_image_belongs_to_one_split(refs: list[dict[str, Any]]) -> None:
@@ -382,3 +449,55 @@ def test_the_refer_loader_reads_every_split(synth_root: Path,
         sample = samples.samples[0]
         assert sample.graph is not None and sample.expression_type is not None
         assert sample.image_path.is_file()
+
+
+# --- scales -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", ["refcoco"], indirect=True)
+def test_refcoco_referents_are_as_large_as_refcocog_ones(instances: dict[str, Any],
+                                                         refs: list[dict[str, Any]]) -> None:
+    shares = _area_shares(instances, refs)
+    assert len(shares) >= 100
+    assert np.median(shares) >= 0.03
+    assert np.mean(shares > 0.02) >= 0.8
+    assert np.any(shares > 0.2)
+
+
+@pytest.mark.parametrize("scale", ["small"], indirect=True)
+def test_small_referents_stay_small(instances: dict[str, Any],
+                                    refs: list[dict[str, Any]]) -> None:
+    assert np.median(_area_shares(instances, refs)) < 0.015
+
+
+def test_size_words_keep_their_order(instances: dict[str, Any]) -> None:
+    """Every "large" box is longer than every "medium" one, which is longer than every
+    "small" one, within the dataset: the size words mean the same in every image."""
+    longest: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
+    for ann in instances["annotations"]:
+        longest[ann["size"]].append(max(ann["bbox"][2], ann["bbox"][3]))
+    assert all(longest.values())
+    assert max(longest["small"]) < min(longest["medium"])
+    assert max(longest["medium"]) < min(longest["large"])
+
+
+def test_refcoco_scenes_still_fit_eight_objects() -> None:
+    rng = np.random.default_rng(0)
+    counts = [len(sample_scene(rng, SCALES["refcoco"]).objects) for _ in range(300)]
+    assert min(counts) >= 3 and max(counts) == 8
+    assert counts.count(8) >= 15
+    assert np.mean(counts) >= 4.5
+
+
+def test_cli_scale_option_and_its_default(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for extra, expected in (([], DEFAULT_SCALE), (["--scale", "refcoco"], "refcoco")):
+        out = tmp_path / expected
+        result = runner.invoke(app, ["synth", "--out", str(out), "--images", "5", *extra])
+        assert result.exit_code == 0, result.output
+        info = json.loads((out / "synthref" / "instances.json").read_text())["info"]
+        assert scale_of(info["args"]["scene"], info["sizes"]) == expected
+        assert f"scale {expected}" in result.output
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--images", "5",
+                                 "--scale", "huge"])
+    assert isinstance(result.exception, ConfigError)
+    assert "refcoco" in str(result.exception) and "small" in str(result.exception)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from refground.devices import AUTO, DeviceSpec
 from refground.methods.trainable import (
     Batch,
     MethodConfig,
@@ -86,7 +87,7 @@ class TinyMethod(TrainableMethod):
     config_type = TinyConfig
 
     @classmethod
-    def build(cls, config: Any, device: str | torch.device = "cpu") -> TinyMethod:
+    def build(cls, config: Any, device: DeviceSpec = AUTO) -> TinyMethod:
         return cls(config, TinyModel(config), device)
 
     def collator(self) -> TinyCollator:

@@ -45,14 +45,20 @@ def synth(
     out: Annotated[Path, typer.Option(help="Output root (REFER layout is written under it).")],
     seed: Annotated[int, typer.Option(help="Random seed; same seed -> identical files.")] = 0,
     images: Annotated[int, typer.Option(help="Number of images to generate.")] = 2000,
+    scale: Annotated[str | None, typer.Option(
+        help="Object sizes relative to the image: 'refcoco' (referents as large as "
+             "RefCOCOg's) or 'small' (the original layout). Default: "
+             "refground.data.synth.DEFAULT_SCALE.")] = None,
 ) -> None:
     """Generate SynthRef, an offline benchmark in the RefCOCO (REFER) file layout."""
-    from refground.data.synth import generate_synthref
+    from refground.data.synth import DEFAULT_SCALE, generate_synthref
 
+    scale = DEFAULT_SCALE if scale is None else scale  # the package constant is the default
     start = time.perf_counter()
-    stats = generate_synthref(out, seed=seed, num_images=images)
+    stats = generate_synthref(out, seed=seed, num_images=images, scale=scale)
     elapsed = time.perf_counter() - start
-    console.print(f"wrote SynthRef ({images} images, seed {seed}) to {out} in {elapsed:.1f} s")
+    console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {scale}) to {out} in "
+                  f"{elapsed:.1f} s")
     console.print_json(json.dumps(stats.to_dict()))
 
 
@@ -126,7 +132,7 @@ def eval_command(
     """Evaluate a method on one split; print Acc@0.5/0.75/0.9, mIoU and breakdowns."""
     from refground.data.refer import load_refer_split
     from refground.evaluate.runner import evaluate
-    from refground.evaluate.table import breakdown_table, comparison_table
+    from refground.evaluate.table import breakdown_table, comparison_table, graph_use_line
     from refground.methods import DatasetInfo, build_method
 
     if resume and out is None:
@@ -141,8 +147,11 @@ def eval_command(
         options["proposals"] = proposals
     run_method = build_method(method, **options)
     run_method.prepare(DatasetInfo(data, dataset, split_by, images))
-    run_info = {"method": method, "options": options, "dataset": dataset, "split_by": split_by,
-                "split": split, "skipped_invalid": len(split_data.skipped)}
+    run_info = {"method": method, "options": options, "proposals": run_method.proposer_name,
+                "dataset": dataset, "split_by": split_by, "split": split,
+                "data": str(Path(data).resolve()),
+                "images": str(Path(images if images is not None else data / "images").resolve()),
+                "skipped_invalid": len(split_data.skipped)}
     result = evaluate(run_method, samples, out, batch_size, resume, progress, run_info)
     title = f"{dataset}({split_by}) {split}"
     console.print(comparison_table({method: result.metrics}, title=title))
@@ -150,24 +159,39 @@ def eval_command(
                                                                           "distractors")):
         if result.metrics[key]:
             console.print(breakdown_table(result.metrics, key, f"{method}: by {name}"))
+    if "dropped_relations" in result.metrics:
+        console.print(graph_use_line(method, result.metrics))
     if out is not None:
         console.print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
 
 
 @app.command("pretrain-clip")
 def pretrain_clip_command(
-    data: Annotated[Path, typer.Option(help="SynthRef root (from `refground synth`).")],
-    out: Annotated[Path, typer.Option(help="Directory to save the trained CLIP in.")],
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 1500,
-    images_per_step: Annotated[int, typer.Option(help="Train images per step.")] = 8,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
+    data: Annotated[Path, typer.Option(help="SynthRef root (from `refground synth`).")] = Path(
+        "data/synth"),
+    out: Annotated[Path, typer.Option(help="Directory to save the trained CLIP in.")] = Path(
+        "runs/synthref-clip"),
+    steps: Annotated[int | None, typer.Option(
+        help="Optimisation steps [the shipped recipe's].")] = None,
+    images_per_step: Annotated[int | None, typer.Option(
+        help="Train images per step [the shipped recipe's].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [the shipped recipe's].")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="Validate every N steps [the shipped recipe's].")] = None,
+    export_dtype: Annotated[str | None, typer.Option(
+        help="Weights' dtype when saved: float16 (as shipped) or float32.")] = None,
 ) -> None:
-    """Train a small CLIP on SynthRef's train split (crops and marked views)."""
+    """Train a small CLIP on SynthRef's train split (crops, attribute labels, marked views).
+
+    With no flags this is the shipped synthref-clip's recipe (``PretrainConfig``'s defaults),
+    including the float16 export; the record of the run is OUT/training.json."""
+    from dataclasses import replace
+
     from refground.train.pretrain_clip import PretrainConfig, pretrain_clip
 
-    config = PretrainConfig(steps=steps, images_per_step=images_per_step, seed=seed,
-                            eval_every=eval_every)
+    given = {"steps": steps, "images_per_step": images_per_step, "seed": seed,
+             "eval_every": eval_every, "export_dtype": export_dtype}
+    config = replace(PretrainConfig(), **{k: v for k, v in given.items() if v is not None})
     summary = pretrain_clip(data, out, config, log=console.print)
     console.print(f"saved to {out} after {summary['seconds']} s")
 
@@ -447,40 +471,56 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     method: Annotated[str, typer.Option(
         help="Method for requests that name none (see `refground methods`).")] = "visual-prompt",
+    also: Annotated[list[str], typer.Option(
+        help="Another method requests may pick (repeatable); requests can use no method the "
+             "server was not started with.")] = [],  # noqa: B006
     option: Annotated[list[str], typer.Option(
-        "--option", "-o", help="Option of that method, key=value (repeatable).")] = [],  # noqa: B006
+        "--option", "-o", help="Option of the default method, key=value, or of another "
+                               "served method, METHOD:key=value (repeatable). Any option: "
+                               "models, files, devices are chosen here.")] = [],  # noqa: B006
     max_upload_mb: Annotated[float, typer.Option(help="Largest image upload, MiB.")] = 10.0,
     max_pixels: Annotated[int, typer.Option(
         help="Largest image, in pixels (decompression bombs are refused).")] = 25_000_000,
     concurrency: Annotated[int, typer.Option(
         help="Requests decoding or computing at once; the rest wait.")] = 4,
     client_options: Annotated[bool, typer.Option(
-        help="Let requests pass method options (they can name local files).")] = True,
+        help="Let requests set the few safe options of a served method (bounded numbers, "
+             "choices, switches: GET /methods lists them); never a model, file, cache, "
+             "device or size.")] = True,
     preload: Annotated[bool, typer.Option(
-        help="Load the default method before listening.")] = True,
+        help="Load the served methods before listening.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the HTTP API (POST /ground, GET /health, GET /methods, docs at /docs) and the web
-    page at /. Needs the serve extra (fastapi, uvicorn, python-multipart)."""
+    page at /. Requests pick among the served methods (--method, --also) and may set only the
+    options GET /methods lists (visual-prompt: marker, color, stroke, blur_radius, backgrounds,
+    sharp_window, aggregate; graph-resolve: membership, temperature, modifier_weight,
+    relation_weight, entity_text; other methods: none); whatever names a model, file, cache or
+    device is set here with -o, never by a request. Needs the serve extra (fastapi, uvicorn,
+    python-multipart)."""
     from refground.errors import MissingDependencyError
 
     try:
         import uvicorn
 
         from refground.serve import GrounderCache, ServeConfig, create_app
+        from refground.serve.options import route_operator_options
     except ImportError as exc:
         raise MissingDependencyError(f"refground serve needs the serve extra ({exc.name} is "
                                      "missing): pip install fastapi uvicorn python-multipart"
                                      ) from None
-    config = ServeConfig(method=method, options=parse_options(option),
+    served = route_operator_options(parse_options(option), method, also)
+    config = ServeConfig(method=method, options=served.pop(method), also=served,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_pixels=max_pixels, concurrency=concurrency,
                          allow_client_options=client_options)
     cache = GrounderCache(max_models=config.max_models)
     if preload:  # a bad method or option fails here, as one line, not at the first request
-        err_console.print(f"loading {method} ...")
-        cache.get(method, config.options)
-    err_console.print(f"serving http://{host}:{port}/ (API docs at /docs)")
+        for name, options in config.served.items():
+            err_console.print(f"loading {name} ...")
+            cache.get(name, options)
+    err_console.print(f"serving {', '.join(config.served)} at http://{host}:{port}/ "
+                      "(API docs at /docs)")
     uvicorn.run(create_app(config, cache), host=host, port=port, log_level=log_level)
 
 

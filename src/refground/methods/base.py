@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from refground.registry import Registry
 from refground.types import Prediction, Sample
 
@@ -33,6 +35,10 @@ class Method(ABC):
     """
 
     name: str = "method"
+    #: Where the method computes: a concrete device, resolved once when the method is built
+    #: from its ``device`` option (default ``"auto"``, see :mod:`refground.devices`). Methods
+    #: without a model (the heuristics) compute on the CPU.
+    device: torch.device = torch.device("cpu")
 
     @property
     def needs_annotations(self) -> bool:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
+from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
@@ -362,12 +363,12 @@ class DetrMethod(TrainableMethod):
     config: DetrConfig
 
     def __init__(self, config: DetrConfig, model: DetrModel, collator: DetrCollator,
-                 device: str | torch.device = "cpu") -> None:
+                 device: DeviceSpec = AUTO) -> None:
         super().__init__(config, model, device)
         self._collator = collator
 
     @classmethod
-    def build(cls, config: DetrConfig, device: str | torch.device = "cpu") -> DetrMethod:
+    def build(cls, config: DetrConfig, device: DeviceSpec = AUTO) -> DetrMethod:
         text = load_text_encoder(config.text_encoder, config.text_model, config.max_text_tokens)
         model = DetrModel(config, text.tower)
         return cls(config, model, DetrCollator(text.tokenizer, config.image_size,

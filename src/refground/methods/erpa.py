@@ -73,6 +73,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from refground import boxes as B
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
 from refground.images import load_image
 from refground.methods.base import METHODS, DatasetInfo
@@ -661,14 +662,15 @@ class ErpaMethod(TrainableMethod):
                                    "top_k", "max_edges"})
     config: ErpaConfig
 
-    def __init__(self, config: ErpaConfig, model: ErpaModel, device: str | torch.device = "cpu",
+    def __init__(self, config: ErpaConfig, model: ErpaModel, device: DeviceSpec = AUTO,
                  *, collate: ErpaCollator) -> None:
         super().__init__(config, model, device)
         self._collate = collate
 
     @classmethod
-    def build(cls, config: ErpaConfig, device: str | torch.device = "cpu") -> ErpaMethod:
-        encoder = ClipEncoder.from_pretrained(resolve_clip_name(config.clip))
+    def build(cls, config: ErpaConfig, device: DeviceSpec = AUTO) -> ErpaMethod:
+        device = resolve_device(device)  # the CLIP loads straight onto it
+        encoder = ClipEncoder.from_pretrained(resolve_clip_name(config.clip), device=device)
         model = ErpaModel(config, encoder.model)
         proposer = build_proposer(config.proposals, **dict(config.proposal_options))
         clip_preprocess = encoder.preprocess_config

@@ -17,13 +17,19 @@ from PIL import Image
 from torch import Tensor
 
 from refground import boxes as B
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
 from refground.images import load_image
 from refground.methods.base import Method
 from refground.types import Prediction, Sample
 from refground.vision.clip import ClipEncoder
 from refground.vision.preprocess import pil_to_tensor
-from refground.vision.proposals import GroundTruthProposer, Proposals, build_proposer
+from refground.vision.proposals import (
+    GroundTruthProposer,
+    Proposals,
+    build_proposer,
+    proposer_takes_device,
+)
 from refground.vision.shipped import SHIPPED_CLIP, load_clip
 
 
@@ -51,17 +57,24 @@ class ProposalScoringMethod(Method):
     """Base of ``crop-rank`` and ``visual-prompt``; see the module docstring."""
 
     def __init__(self, clip: str | Sequence[str] = SHIPPED_CLIP, proposals: str = DEFAULT_PROPOSALS,
-                 proposal_options: dict[str, Any] | None = None, device: str = "cpu",
+                 proposal_options: dict[str, Any] | None = None, device: DeviceSpec = AUTO,
                  clip_batch_size: int = 64, text_cache_dir: str | None = None,
                  dtype: str = "float32", encoders: Sequence[ClipEncoder] | None = None) -> None:
         """``clip`` names one or more backbones (several: their scores are averaged);
-        ``encoders`` passes already built ones instead (e.g. a model being trained)."""
+        ``encoders`` passes already built ones instead (e.g. a model being trained), and then
+        the method computes where the first of them is. ``device`` (default ``"auto"``: the GPU
+        when there is one) is also the detector's, unless ``proposal_options`` names one."""
         if encoders is not None:
             self.encoders = list(encoders)
+            self.device = self.encoders[0].device if self.encoders else resolve_device(device)
         else:
-            self.encoders = [load_clip(name, device, clip_batch_size, text_cache_dir, dtype)
+            self.device = resolve_device(device)
+            self.encoders = [load_clip(name, self.device, clip_batch_size, text_cache_dir, dtype)
                              for name in as_name_list(clip)]
-        self.proposer = build_proposer(proposals, **dict(proposal_options or {}))
+        proposal_options = dict(proposal_options or {})
+        if "device" not in proposal_options and proposer_takes_device(proposals):
+            proposal_options["device"] = self.device
+        self.proposer = build_proposer(proposals, **proposal_options)
 
     @property
     def needs_annotations(self) -> bool:

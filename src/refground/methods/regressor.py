@@ -40,6 +40,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from refground import boxes as B
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.images import load_image
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
@@ -260,14 +261,15 @@ class RegressorMethod(TrainableMethod):
     config: RegressorConfig
 
     def __init__(self, config: RegressorConfig, model: RegressorModel,
-                 device: str | torch.device = "cpu", *, collate: RegressorCollator) -> None:
+                 device: DeviceSpec = AUTO, *, collate: RegressorCollator) -> None:
         super().__init__(config, model, device)
         self._collate = collate
 
     @classmethod
-    def build(cls, config: RegressorConfig, device: str | torch.device = "cpu"
+    def build(cls, config: RegressorConfig, device: DeviceSpec = AUTO
               ) -> RegressorMethod:
-        encoder = ClipEncoder.from_pretrained(resolve_clip_name(config.clip))
+        device = resolve_device(device)  # the CLIP loads straight onto it
+        encoder = ClipEncoder.from_pretrained(resolve_clip_name(config.clip), device=device)
         model = RegressorModel(config, encoder.model)
         clip_preprocess = encoder.preprocess_config
         collate = RegressorCollator(

@@ -15,7 +15,9 @@ The Trainer (``refground.train``) knows nothing about any model. It drives a
 
 Checkpoints are a directory with ``method.json`` (name + options) and ``model.safetensors``.
 Frozen pretrained parts (a CLIP tower) are not copied into it: they are rebuilt from the
-options, which name them, and ``frozen_prefixes`` says which weights those are.
+options, which name them, and ``frozen_prefixes`` says which weights those are. The device is
+not an option and is not saved (weights are saved from the CPU): a checkpoint loads on whatever
+device the loader asks for, ``"auto"`` by default.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from refground import boxes as B
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError, ModelLoadError, validation_problems
 from refground.images import load_image
 from refground.methods.base import Method
@@ -137,11 +140,10 @@ class TrainableMethod(Method):
     #: checkpoint may be run with other values (e.g. another proposer at test time).
     inference_options: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: MethodConfig, model: nn.Module,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(self, config: MethodConfig, model: nn.Module, device: DeviceSpec = AUTO) -> None:
         self.config = config
         self.model = model
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device)
 
     # --- what each method supplies ------------------------------------------------------------
@@ -216,18 +218,19 @@ class TrainableMethod(Method):
 
     @classmethod
     def from_options(cls: type[MethodT], options: Mapping[str, Any],
-                     device: str | torch.device = "cpu") -> MethodT:
+                     device: DeviceSpec = AUTO) -> MethodT:
         """A freshly initialised method from (validated) options."""
         return cls.build(parse_config(cls.config_type, options, cls.name), device)
 
     @classmethod
     @abstractmethod
-    def build(cls: type[MethodT], config: Any, device: str | torch.device = "cpu") -> MethodT:
-        """Construct the method (and its randomly initialised model) from a config."""
+    def build(cls: type[MethodT], config: Any, device: DeviceSpec = AUTO) -> MethodT:
+        """Construct the method (and its randomly initialised model) from a config, on
+        ``device`` (resolved by :func:`~refground.devices.resolve_device`)."""
 
     @classmethod
     def from_pretrained(cls: type[MethodT], directory: str | Path,
-                        device: str | torch.device = "cpu",
+                        device: DeviceSpec = AUTO,
                         overrides: Mapping[str, Any] | None = None) -> MethodT:
         """Load a directory written by :meth:`save_pretrained` (or a Trainer checkpoint);
         ``overrides`` replaces saved :attr:`inference_options`."""
@@ -278,7 +281,7 @@ def predictions_from_normalized(samples: Sequence[Sample], boxes_norm: Tensor,
 def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
     """The registry factory of a trainable method: ``checkpoint=DIR`` loads, else builds new."""
 
-    def factory(checkpoint: str | Path | None = None, device: str = "cpu",
+    def factory(checkpoint: str | Path | None = None, device: DeviceSpec = AUTO,
                 **options: Any) -> MethodT:
         if checkpoint is not None:
             from refground.vision.shipped import resolve_clip_name

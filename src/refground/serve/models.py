@@ -4,7 +4,9 @@ Loading a CLIP method takes seconds and hundreds of MB, so the server must never
 model twice, even when the first requests for it arrive together: builds are serialised per
 key (a second request for a model being built waits for it), while requests for models already
 loaded, or being built under another key, are not held up. The cache is bounded (least recently
-used models are dropped) because clients choose options and could otherwise fill memory.
+used models are dropped) because clients choose options and could otherwise fill memory; the
+models the operator serves are *pinned*: a stream of requests with ever new options evicts
+only other such variants, never the served models, so it cannot force them to reload.
 """
 
 from __future__ import annotations
@@ -61,13 +63,25 @@ class GrounderCache:
         self._lock = threading.Lock()
         self._models: OrderedDict[ModelKey, GrounderLike] = OrderedDict()
         self._building: dict[ModelKey, threading.Lock] = {}
-        #: How many times each key was built (a rebuild happens only after an eviction).
+        self._pinned: set[ModelKey] = set()
+        #: How many times each model in memory was built (concurrent first requests must not
+        #: build it twice); an evicted model's count goes with it, so client-chosen options
+        #: cannot grow this without bound.
         self.builds: Counter[ModelKey] = Counter()
 
     def loaded(self) -> list[ModelKey]:
         """Keys of the models in memory, least recently used first."""
         with self._lock:
             return list(self._models)
+
+    def pin(self, method: str, options: Mapping[str, Any] | None = None) -> ModelKey:
+        """Never evict the model for (``method``, ``options``) once built: a model the
+        operator serves. Evictions then take the least recently used unpinned model; when
+        every model is pinned, the cache may hold more than ``max_models`` of them."""
+        key = model_key(method, dict(options or {}))
+        with self._lock:
+            self._pinned.add(key)
+        return key
 
     def _lookup(self, key: ModelKey) -> GrounderLike | None:
         """The cached model (marked as just used), or None; call with ``_lock`` held."""
@@ -92,24 +106,32 @@ class GrounderCache:
                     return model
             try:
                 model = self._build(method, options)
+                with self._lock:  # cached before the build lock goes: no second build
+                    self._models[key] = model
+                    self.builds[key] += 1
+                    self._evict()
             finally:
                 with self._lock:
                     self._building.pop(key, None)
-            with self._lock:
-                self._models[key] = model
-                self.builds[key] += 1
-                while len(self._models) > self._max_models:
-                    evicted, _ = self._models.popitem(last=False)
-                    logger.info("dropped model %s %s (cache holds %d)", *evicted,
-                                self._max_models)
             return model
+
+    def _evict(self) -> None:
+        """Drop least recently used unpinned models down to ``max_models``; call with
+        ``_lock`` held. The model just built may go too: its request still gets it."""
+        unpinned = [key for key in self._models if key not in self._pinned]
+        while len(self._models) > self._max_models and unpinned:
+            evicted = unpinned.pop(0)
+            del self._models[evicted]
+            del self.builds[evicted]
+            logger.info("dropped model %s %s (cache holds %d)", *evicted, self._max_models)
 
     def _build(self, method: str, options: dict[str, Any]) -> GrounderLike:
         """Load one model. Constructors check few options themselves, so what they raise on
         bad ones is whatever the code below them raises (TypeError for an unknown option,
         ValueError for a bad value, torch's AssertionError for a device it was not built for):
-        those are reported as the options' fault, with the original message. Anything else
-        (a broken model file, memory) is the server's problem and stays an unexpected error."""
+        those become a :class:`ConfigError` with the original message, which the CLI prints
+        to the operator. The server shows clients none of these messages (they hold the
+        operator's options, paths included); see ``GroundService.load``."""
         logger.info("loading %s with options %s", method, options)
         try:
             return self._loader(method, **options)

@@ -122,23 +122,38 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, bool]:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"the image is too large to decode ({exc}); the server's limit is "
                          f"{max_pixels:,} pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"the image is corrupt: {exc}") from None
-    image = load_image(data, max_pixels=max_pixels)
+    except Exception as exc:  # hostile bytes make Pillow raise anything
+        raise ImageError(f"the image is corrupt: {corruption(exc)}") from None
+    try:
+        image = load_image(data, max_pixels=max_pixels)
+    except Exception as exc:  # as above (load_image wraps only some kinds)
+        cause = exc.__cause__ if isinstance(exc, ImageError) and exc.__cause__ else exc
+        raise ImageError(f"the image is corrupt: {corruption(cause)}") from None
     if orientation not in UPRIGHT:
         return image, False
     return image.transpose(UPRIGHT[orientation]), True
+
+
+def corruption(exc: BaseException) -> str:
+    """What Pillow said about bytes it could not decode (they were in memory: no path)."""
+    return str(exc) or type(exc).__name__
+
+
+def parse_json(raw: str, field: str, example: str) -> Any:
+    """A form field's JSON. Python's parser raises ValueError beyond JSONDecodeError (an
+    integer of more than 4300 digits) and RecursionError on deep nesting: all are bad input."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = exc if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise InputError(f"{field} is not valid JSON ({reason}); send {example}") from None
 
 
 def parse_options(raw: str | None) -> dict[str, Any]:
     """The ``options`` form field: a JSON object of method options (empty or absent: none)."""
     if raw is None or not raw.strip():
         return {}
-    try:
-        options = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"options is not valid JSON ({exc}); send an object such as "
-                         '{"stroke": 4}') from None
+    options = parse_json(raw, "options", 'an object such as {"stroke": 4}')
     if not isinstance(options, dict):
         raise InputError(f"options must be a JSON object of method options, got "
                          f"{type(options).__name__}")
@@ -149,11 +164,7 @@ def parse_boxes(raw: str | None, max_boxes: int) -> list[list[float]] | None:
     """The ``boxes`` form field: JSON ``[[x0, y0, x1, y1], ...]`` in pixels, or None if absent."""
     if raw is None or not raw.strip():
         return None
-    try:
-        boxes = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"boxes is not valid JSON ({exc}); send [[x0, y0, x1, y1], ...] in "
-                         "pixels") from None
+    boxes = parse_json(raw, "boxes", "[[x0, y0, x1, y1], ...] in pixels")
     if not isinstance(boxes, list) or not boxes:
         raise BoxError("boxes must be a non-empty JSON list [[x0, y0, x1, y1], ...]; leave it "
                        "out to let the method propose boxes")

@@ -14,8 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from refground.devices import AUTO, device_spec
 from refground.errors import ConfigError, validation_problems
 
 
@@ -60,7 +68,15 @@ class LoopConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0)  # optimiser steps; 0 = with every validation
     log_every: int = Field(10, ge=1)
     max_bad_steps: int = Field(10, ge=0)  # non-finite loss/gradients tolerated before stopping
-    device: str | None = None  # default: what Accelerate picks (cuda when available)
+    #: "auto" (CUDA when available, else the CPU), "cpu", "cuda", "cuda:N" or "mps"; checked
+    #: against the machine when training starts, so a config written on a GPU machine loads
+    #: anywhere. null (older configs) means "auto".
+    device: str = AUTO
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_form(cls, value: Any) -> str:
+        return device_spec(value)
 
 
 class ParamSpace(_Strict):
@@ -110,8 +126,19 @@ class TrainConfig(_Strict):
         return self
 
     def run_identity(self) -> dict[str, Any]:
-        """What must not change between a run and its resumption (out and tune may)."""
-        return self.model_dump(mode="json", exclude={"out", "tune"})
+        """What must not change between a run and its resumption (out and tune may, and so
+        may the device: a run started on a GPU can be resumed on the CPU)."""
+        return without_device(self.model_dump(mode="json", exclude={"out", "tune"}))
+
+
+def without_device(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run identity without ``train.device`` and ``options.device`` (older checkpoints
+    stored them): where a run computes is no part of which run it is."""
+    identity = copy.deepcopy(identity)
+    for section in ("train", "options"):
+        if isinstance(identity.get(section), dict):
+            identity[section].pop("device", None)
+    return identity
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:

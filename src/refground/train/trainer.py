@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from refground.data.refer import load_refer_split
+from refground.devices import AUTO, parse_device, resolve_device, same_device
 from refground.errors import ConfigError, RefgroundError
 from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
@@ -41,7 +42,7 @@ from refground.train.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from refground.train.config import OptimConfig, TrainConfig, save_config
+from refground.train.config import OptimConfig, TrainConfig, save_config, without_device
 from refground.train.data import StepPlan, epoch_loader
 from refground.types import Sample
 
@@ -231,6 +232,35 @@ def _reset_single_process_state() -> None:
 # --- the trainer ----------------------------------------------------------------------------
 
 
+def training_device(accelerator: Any, requested: torch.device, spec: str) -> torch.device:
+    """This process's training device: Accelerate's, checked against ``train.device``.
+
+    ``auto`` takes what Accelerate chose (``accelerate launch --cpu`` included). Accelerate
+    puts a single process on ``cuda`` (the current GPU): ``cuda:N`` makes GPU N the current
+    one. Launched on several processes, each gets the GPU Accelerate assigns it, so an index
+    there is refused rather than ignored.
+    """
+    device = torch.device(accelerator.device)
+    if device.type != requested.type:
+        if parse_device(spec) is None:  # auto
+            return device
+        raise ConfigError(f"train.device={spec!r} asks for {requested.type}, but Accelerate "
+                          f"placed this process on {device}; check the accelerate launch "
+                          "options (--cpu) or set train.device to 'auto'")
+    if device.type != "cuda":
+        return device
+    if requested.index is not None and device.index != requested.index:
+        if accelerator.num_processes > 1:
+            raise ConfigError(
+                f"train.device={spec!r}: with {accelerator.num_processes} processes each "
+                f"trains on the GPU Accelerate assigns it (this one: {device}); set "
+                "train.device to 'auto' or 'cuda' and choose GPUs with CUDA_VISIBLE_DEVICES")
+        torch.cuda.set_device(requested)
+        return requested
+    return device if device.index is not None else torch.device(
+        "cuda", torch.cuda.current_device())
+
+
 class Trainer:
     """Train ``config.method`` on ``config.data``; see the module docstring for the loop."""
 
@@ -243,9 +273,12 @@ class Trainer:
         self.config = config
         loop = config.train
         _reset_single_process_state()
+        requested = resolve_device(loop.device)  # a GPU this machine lacks: a ConfigError now
         self.accelerator = Accelerator(
-            mixed_precision=loop.mixed_precision, cpu=loop.device == "cpu",
+            mixed_precision=loop.mixed_precision, cpu=requested.type == "cpu",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        #: Where this process trains: Accelerate's device, which the method is built on.
+        self.device = training_device(self.accelerator, requested, loop.device)
         set_seed(loop.seed)
         self.plan = StepPlan(loop.batch_size, loop.grad_accum, self.accelerator.num_processes,
                              self.accelerator.process_index)
@@ -268,12 +301,22 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.optim, self.total_steps)
         self.model, self.prepared_optimizer = self.accelerator.prepare(self.method.model,
                                                                        self.optimizer)
+        self.method.device = self.device  # prepare() moved a given method's model here
         self.state = TrainState()
         self.checkpoints = config.out / "checkpoints"
 
     def _build_method(self) -> TrainableMethod:
+        """The configured method, built on :attr:`device`. ``options.device`` may only agree
+        with it (``auto``, or the same device): where to train is ``train.device``'s choice."""
         options = dict(self.config.options)
-        options.setdefault("device", str(self.accelerator.device))
+        wanted = parse_device(options.get("device", AUTO))
+        if wanted is not None and not same_device(wanted, self.device):
+            raise ConfigError(
+                f"options.device={options['device']!r} disagrees with train.device="
+                f"{self.config.train.device!r}, which trains on {self.device}; the trainer "
+                "builds the method where it trains, so set train.device instead (and drop "
+                "options.device or set it to 'auto')")
+        options["device"] = self.device
         method = build_method(self.config.method, **options)
         if not isinstance(method, TrainableMethod):
             raise ConfigError(f"method {self.config.method!r} is not trainable (trainable: "
@@ -309,9 +352,9 @@ class Trainer:
 
         directory = resolve_checkpoint(directory)
         state = read_trainer_state(directory)  # verifies every file against the manifest
-        if state["config"] != self.config.run_identity():
-            changed = sorted(k for k in state["config"]
-                             if state["config"][k] != self.config.run_identity().get(k))
+        saved, identity = without_device(state["config"]), self.config.run_identity()
+        if saved != identity:
+            changed = sorted(k for k in saved if saved[k] != identity.get(k))
             raise CheckpointError(f"{directory} belongs to a run with a different config "
                                   f"(sections differing: {', '.join(changed)}); resume with "
                                   "the original config or start a new --out")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from refground.devices import DeviceSpec, resolve_device
 from refground.errors import (
     ConfigError,
     ImageError,
@@ -391,18 +392,21 @@ class ClipEncoder:
 
     The text caches assume the weights are frozen: after changing them (fine-tuning), call
     :meth:`clear_text_cache` and build a new encoder for a new on-disk cache identity.
-    ``model`` is moved to ``device``/``dtype`` in place and put in eval mode.
+    ``model`` is moved to ``device``/``dtype`` in place and put in eval mode; ``device=None``
+    (the constructor's default) leaves it where it is, ``"auto"`` puts it on the GPU when there
+    is one (see :func:`refground.devices.resolve_device`).
     """
 
     def __init__(self, model: CLIPModel, tokenizer: PreTrainedTokenizerBase,
                  image_processor: Any | None = None, *, name: str = "<in-memory CLIP>",
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 device: DeviceSpec = None, dtype: torch.dtype | None = None,
                  batch_size: int = 64, cache_dir: str | Path | None = None,
                  flush_every: int = 512) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
-        self.device = torch.device(device)
+        self.device = (next(model.parameters()).device if device is None
+                       else resolve_device(device))
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.dtype = next(self.model.parameters()).dtype
         self.tokenizer = tokenizer
@@ -439,7 +443,7 @@ class ClipEncoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] = DEFAULT_CLIP_MODEL,
-                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        device: DeviceSpec = "cpu", dtype: torch.dtype = torch.float32,
                         batch_size: int = 64, cache_dir: str | Path | None = None, *,
                         local_files_only: bool = False,
                         hub_cache_dir: str | Path | None = None) -> ClipEncoder:
@@ -449,6 +453,8 @@ class ClipEncoder:
         OpenAI ``clip`` name (``"ViT-B/32"``, ``"ViT-L/14"``; ``"RN50x16"`` and other ResNet
         CLIPs raise :class:`UnsupportedModelError`). ``cache_dir`` is the directory of the
         *text feature* cache; ``hub_cache_dir`` the Hugging Face cache (default: its own).
+        ``device``: ``"cpu"`` unless given (a building block: the methods that load a CLIP
+        pass their own resolved device, ``"auto"`` by default); ``"auto"`` is accepted here too.
         """
         source = resolve_model_source(name_or_path, local_files_only=local_files_only,
                                       hub_cache_dir=hub_cache_dir)

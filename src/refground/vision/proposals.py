@@ -219,6 +219,12 @@ def build_proposer(name: str, **options: Any) -> Proposer:
     return factory(postprocess=replace(defaults, **overrides), **options)
 
 
+def proposer_takes_device(name: str) -> bool:
+    """Whether the proposer registered as ``name`` runs a model on a ``device`` it is given
+    (the detectors do; ``gt`` does not). Methods pass theirs on to such proposers."""
+    return "device" in inspect.signature(PROPOSERS.get(name)).parameters
+
+
 # --- queries ---------------------------------------------------------------------------------
 
 def default_queries(sample: Sample, backend: str = "auto") -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
 from refground.vision.clip import ClipEncoder
 
@@ -47,14 +48,21 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
 
 
-@lru_cache(maxsize=4)
-def load_clip(name: str, device: str = "cpu", batch_size: int = 64,
+def load_clip(name: str, device: DeviceSpec = AUTO, batch_size: int = 64,
               cache_dir: str | None = None, dtype: str = "float32") -> ClipEncoder:
     """Load (once per process) a CLIP encoder by shipped name, hub id or local directory.
 
+    ``device`` (default ``"auto"``: the GPU when there is one, else the CPU) is resolved
+    before the cache is consulted, so ``"auto"`` and the device it means share one encoder.
     ``dtype="bfloat16"`` halves the cost of the forward passes on CPUs with bf16 support (and
     on GPUs) at the price of about three significant digits in the similarities.
     """
+    return _load_clip(name, str(resolve_device(device)), batch_size, cache_dir, dtype)
+
+
+@lru_cache(maxsize=4)
+def _load_clip(name: str, device: str, batch_size: int, cache_dir: str | None,
+               dtype: str) -> ClipEncoder:
     return ClipEncoder.from_pretrained(resolve_clip_name(name), device=device,
                                        dtype=parse_dtype(dtype), batch_size=batch_size,
                                        cache_dir=cache_dir)

@@ -3,11 +3,13 @@
 Scenes of coloured shapes on textured backgrounds, with expressions of five types (attribute,
 position, relation, comparative, ordinal), each carrying its gold scene graph and checked to
 name exactly one object. Splits train / val / test / testC (held-out colour-shape
-combinations) / testR (relations only). Load it with
+combinations) / testR (relations only). Object sizes relative to the image are a named scale
+(:mod:`~refground.data.synth.scales`: ``small``, the default, or ``refcoco``). Load it with
 ``refground.data.refer.load_refer_split(out_dir, "synthref", "synth", split)``.
 """
 
 from refground.data.synth.expressions import EXPRESSION_TYPES
+from refground.data.synth.scales import DEFAULT_SCALE, SCALES, scale_of, scene_config_for
 from refground.data.synth.scenes import COLORS, SHAPES, SIZES, SceneConfig
 from refground.data.synth.writer import (
     DEFAULT_FRACTIONS,
@@ -20,7 +22,9 @@ from refground.data.synth.writer import (
 __all__ = [
     "COLORS",
     "DEFAULT_FRACTIONS",
+    "DEFAULT_SCALE",
     "EXPRESSION_TYPES",
+    "SCALES",
     "SHAPES",
     "SIZES",
     "SPLITS",
@@ -28,4 +32,6 @@ __all__ = [
     "SplitStats",
     "SynthStats",
     "generate_synthref",
+    "scale_of",
+    "scene_config_for",
 ]

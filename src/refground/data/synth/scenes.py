@@ -13,8 +13,11 @@ background pixel. That keeps objects visible and lets tests find them by exact c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -39,16 +42,21 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 
-# Nominal side (pixels) of the square a shape is inscribed in. The gaps between classes keep
-# "small" / "medium" / "large" unmistakable: adjacent classes differ by >= 1.25x in side.
+# Nominal side (pixels) of the square a shape is inscribed in, per size class, at the "small"
+# scale (the original layout); other scales set their own ranges (``SceneConfig.sizes``). The
+# gaps between classes keep "small" / "medium" / "large" unmistakable: adjacent classes differ
+# by >= SIZE_STEP in side, whatever the scale.
 SIZES: dict[str, tuple[int, int]] = {
     "small": (24, 30),
     "medium": (38, 48),
     "large": (60, 76),
 }
+SIZE_STEP = 1.25  # smallest side ratio between the top of one size class and the next one's floor
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
+
+SizeRange = tuple[str, int, int]  # (size word, lowest nominal side, highest nominal side)
 
 BACKGROUND_RANGE = (64, 192)
 
@@ -70,9 +78,19 @@ class SceneConfig:
     p_copy_shape: float = 0.40  # a new object repeats an earlier shape (same-shape distractors)
     p_copy_color: float = 0.25  # ... an earlier colour (same-colour distractors)
     p_copy_both: float = 0.10  # ... an earlier colour and shape (size must tell them apart)
+    # nominal side range of each size class, in SIZE_NAMES order; a scale preset sets its own
+    sizes: tuple[SizeRange, ...] = tuple((name, low, high) for name, (low, high) in SIZES.items())
+    # Most of the canvas that the objects' nominal squares (plus gap) may claim. Each object is
+    # drawn from the classes that still fit, keeping room for the objects still to come at the
+    # smallest size: with large objects, a scene meant to hold 8 would otherwise be filled by
+    # its first three. None: no budget (small objects never need one).
+    max_fill: float | None = None
+    placement: str = "in-order"  # a PLACEMENTS name: how drawn objects are put on the canvas
+    placement_tries: int = 48  # random corners tried per object before it is dropped
 
     def __post_init__(self) -> None:
-        largest = max(high for _, high in SIZES.values())
+        self._check_sizes()
+        largest = max(high for _, _, high in self.sizes)
         if not largest + 2 * self.border <= self.min_side <= self.max_side:
             raise ConfigError(
                 f"canvas sides must satisfy {largest + 2 * self.border} <= min_side <= max_side,"
@@ -81,9 +99,48 @@ class SceneConfig:
             raise ConfigError(
                 f"need 1 <= min_objects <= max_objects, got {self.min_objects}.."
                 f"{self.max_objects}")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"unknown placement {self.placement!r}; choose one of: "
+                              f"{', '.join(sorted(PLACEMENTS))}")
+        if self.placement_tries < 1:
+            raise ConfigError(f"placement_tries must be >= 1, got {self.placement_tries}")
+        if self.max_fill is not None and not 0 < self.max_fill <= 1:
+            raise ConfigError(f"max_fill must be in (0, 1] or None, got {self.max_fill}")
         copies = self.p_copy_shape + self.p_copy_color + self.p_copy_both
         if min(self.p_copy_shape, self.p_copy_color, self.p_copy_both) < 0 or copies > 1:
             raise ConfigError(f"copy probabilities must be >= 0 and sum to <= 1, got {copies}")
+
+    def _check_sizes(self) -> None:
+        """Size words are what expressions say, so every class must exist, in order, with
+        ranges far enough apart that "the large one" is never a judgement call."""
+        names = tuple(name for name, _, _ in self.sizes)
+        if names != SIZE_NAMES:
+            raise ConfigError(f"sizes must name {', '.join(SIZE_NAMES)} in that order, got "
+                              f"{', '.join(names)}")
+        if any(not 8 <= low <= high for _, low, high in self.sizes):
+            raise ConfigError(f"each size range needs 8 <= low <= high, got {self.sizes}")
+        for (smaller, _, top), (bigger, floor, _) in pairwise(self.sizes):
+            if floor < SIZE_STEP * top:
+                raise ConfigError(
+                    f"size classes {smaller!r} and {bigger!r} are too close: {bigger} starts at "
+                    f"{floor} px, it must be >= {SIZE_STEP} x {top} px")
+
+    @property
+    def side_ranges(self) -> dict[str, tuple[int, int]]:
+        """Size word -> (lowest, highest) nominal side in pixels."""
+        return {name: (low, high) for name, low, high in self.sizes}
+
+    def record(self) -> dict[str, Any]:
+        """The settings as ``instances.json`` records them (the size ranges go separately, to
+        ``info.sizes``). SynthRef 1.0's fields always; later ones only when they differ from
+        their default, so a dataset of the original layout keeps exactly its old bytes."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in _RECORDED_SINCE_1_0
+                or (f.name != "sizes" and getattr(self, f.name) != f.default)}
+
+
+_RECORDED_SINCE_1_0 = ("min_side", "max_side", "min_objects", "max_objects", "gap", "border",
+                       "p_copy_shape", "p_copy_color", "p_copy_both")
 
 
 @dataclass(frozen=True)
@@ -208,7 +265,7 @@ def _sample_look(rng: np.random.Generator, earlier: list[tuple[str, str]], confi
 
 
 def _find_spot(rng: np.random.Generator, side: int, placed: np.ndarray, width: int, height: int,
-               config: SceneConfig, tries: int = 48) -> tuple[int, int] | None:
+               config: SceneConfig) -> tuple[int, int] | None:
     """A top-left corner where a ``side`` square keeps ``gap`` pixels from every placed square.
 
     Draws all candidate corners at once and tests them against all placed squares in one
@@ -217,8 +274,8 @@ def _find_spot(rng: np.random.Generator, side: int, placed: np.ndarray, width: i
     high_x, high_y = width - side - config.border, height - side - config.border
     if high_x < config.border or high_y < config.border:
         return None
-    xs = rng.integers(config.border, high_x + 1, size=tries)
-    ys = rng.integers(config.border, high_y + 1, size=tries)
+    xs = rng.integers(config.border, high_x + 1, size=config.placement_tries)
+    ys = rng.integers(config.border, high_y + 1, size=config.placement_tries)
     if len(placed) == 0:
         return int(xs[0]), int(ys[0])
     g = config.gap
@@ -241,32 +298,127 @@ def _make_object(shape: str, color: str, size: str, side: int, x: int, y: int) -
     return SceneObject(shape, color, size, side, x, y, box, mark.area)
 
 
+@dataclass(frozen=True)
+class _Drawn:
+    """An object decided but not yet placed: its look, size class and nominal side."""
+
+    color: str
+    shape: str
+    size: str
+    side: int
+
+
+def _fit_size(size: str, claimed: int, canvas: int, config: SceneConfig) -> str | None:
+    """``size``, or the largest smaller class whose biggest square still fits the fill budget
+    after ``claimed`` pixels (None when not even the smallest does). Draws nothing, so scales
+    without a budget sample exactly the objects they sampled before budgets existed."""
+    if config.max_fill is None:
+        return size
+    room = config.max_fill * canvas - claimed
+    sides = config.side_ranges
+    for name in reversed(SIZE_NAMES[:SIZE_NAMES.index(size) + 1]):
+        if (sides[name][1] + config.gap) ** 2 <= room:
+            return name
+    return None
+
+
+class _Drawer:
+    """Draws one scene's objects in order: look, then size class within the fill budget, then
+    side, keeping count of the canvas the drawn objects claim."""
+
+    def __init__(self, rng: np.random.Generator, config: SceneConfig, canvas: int,
+                 forced: tuple[Combo, ...], wanted: int) -> None:
+        self.rng, self.config, self.canvas = rng, config, canvas
+        self.forced, self.wanted = forced, wanted
+        self.claimed = 0  # canvas pixels claimed by drawn objects' squares plus gap
+        smallest = config.side_ranges[SIZE_NAMES[0]][1]
+        self.reserve_each = (smallest + config.gap) ** 2 if config.max_fill is not None else 0
+
+    def draw(self, index: int, looks: list[tuple[str, str]]) -> _Drawn | None:
+        """Object ``index`` (None when the budget has no room left for it); ``looks`` are the
+        earlier looks it may copy to become a distractor."""
+        rng, config = self.rng, self.config
+        color, shape = self.forced[index] if index < len(self.forced) else _sample_look(
+            rng, looks, config)
+        reserve = (self.wanted - index - 1) * self.reserve_each
+        size = _fit_size(SIZE_NAMES[int(rng.integers(len(SIZE_NAMES)))], self.claimed + reserve,
+                         self.canvas, config)
+        if size is None:
+            return None
+        low, high = config.side_ranges[size]
+        side = int(rng.integers(low, high + 1))
+        self.claimed += (side + config.gap) ** 2
+        return _Drawn(color, shape, size, side)
+
+
+Placement = Callable[[np.random.Generator, SceneConfig, int, int, _Drawer], list[SceneObject]]
+
+
+def _place_in_order(rng: np.random.Generator, config: SceneConfig, width: int, height: int,
+                    drawer: _Drawer) -> list[SceneObject]:
+    """Draw and place one object at a time (the original SynthRef order of random draws)."""
+    objects: list[SceneObject] = []
+    placed = np.empty((0, 4), dtype=np.int64)
+    looks: list[tuple[str, str]] = []
+    for index in range(drawer.wanted):
+        drawn = drawer.draw(index, looks)
+        if drawn is None:
+            continue
+        spot = _find_spot(rng, drawn.side, placed, width, height, config)
+        if spot is None:
+            continue
+        x, y = spot
+        objects.append(_make_object(drawn.shape, drawn.color, drawn.size, drawn.side, x, y))
+        placed = np.vstack([placed, [[x, y, x + drawn.side, y + drawn.side]]])
+        looks.append((drawn.color, drawn.shape))
+    return objects
+
+
+def _place_largest_first(rng: np.random.Generator, config: SceneConfig, width: int,
+                         height: int, drawer: _Drawer) -> list[SceneObject]:
+    """Draw every object first, then place the biggest first: a large square needs a clear
+    quarter of the canvas, which small ones scattered earlier would no longer leave. Objects
+    keep their draw order in the scene, so annotation order says nothing about size."""
+    drawn: list[_Drawn] = []
+    looks: list[tuple[str, str]] = []
+    for index in range(drawer.wanted):
+        item = drawer.draw(index, looks)
+        if item is not None:
+            drawn.append(item)
+            looks.append((item.color, item.shape))
+    placed = np.empty((0, 4), dtype=np.int64)
+    found: dict[int, SceneObject] = {}
+    for i in sorted(range(len(drawn)), key=lambda i: -drawn[i].side):  # stable for ties
+        item = drawn[i]
+        spot = _find_spot(rng, item.side, placed, width, height, config)
+        if spot is None:
+            continue
+        x, y = spot
+        found[i] = _make_object(item.shape, item.color, item.size, item.side, x, y)
+        placed = np.vstack([placed, [[x, y, x + item.side, y + item.side]]])
+    return [found[i] for i in sorted(found)]
+
+
+PLACEMENTS: dict[str, Placement] = {
+    "in-order": _place_in_order,
+    "largest-first": _place_largest_first,
+}
+
+
 def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig(),
                  forced: tuple[Combo, ...] = ()) -> Scene:
-    """Sample a canvas and 3-8 non-overlapping objects; ``forced`` looks come first.
+    """Sample a canvas and 3-8 non-overlapping objects; ``forced`` looks are drawn first.
 
     Objects that find no free spot are dropped; a scene left with too few objects is
     resampled, so the result always has at least ``config.min_objects``.
     """
+    place = PLACEMENTS[config.placement]
     for _ in range(_SCENE_TRIES):
         width, height = _sample_canvas(rng, config)
         fewest = min(max(config.min_objects, len(forced)), config.max_objects)
         wanted = int(rng.integers(fewest, config.max_objects + 1))
-        objects: list[SceneObject] = []
-        placed = np.empty((0, 4), dtype=np.int64)
-        looks: list[tuple[str, str]] = []
-        for index in range(wanted):
-            color, shape = forced[index] if index < len(forced) else _sample_look(
-                rng, looks, config)
-            size = SIZE_NAMES[int(rng.integers(len(SIZE_NAMES)))]
-            side = int(rng.integers(SIZES[size][0], SIZES[size][1] + 1))
-            spot = _find_spot(rng, side, placed, width, height, config)
-            if spot is None:
-                continue
-            x, y = spot
-            objects.append(_make_object(shape, color, size, side, x, y))
-            placed = np.vstack([placed, [[x, y, x + side, y + side]]])
-            looks.append((color, shape))
+        drawer = _Drawer(rng, config, width * height, forced, wanted)
+        objects = place(rng, config, width, height, drawer)
         forced_present = all(any(o.combo == c for o in objects) for c in forced)
         if len(objects) >= config.min_objects and forced_present:
             return Scene(width, height, tuple(objects))

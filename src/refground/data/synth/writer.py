@@ -38,11 +38,11 @@ from refground.data.synth.expressions import (
     RefPlan,
     plan_refs,
 )
+from refground.data.synth.scales import DEFAULT_SCALE, scale_of, scene_config_for
 from refground.data.synth.scenes import (
     COLOR_NAMES,
     COLORS,
     SHAPES,
-    SIZES,
     Combo,
     Scene,
     SceneConfig,
@@ -92,6 +92,7 @@ class SynthStats:
     seed: int
     splits: dict[str, SplitStats]
     held_out_combos: tuple[Combo, ...]
+    scale: str | None = None  # the named scale whose settings were used; None for custom ones
 
     @property
     def images(self) -> int:
@@ -107,8 +108,8 @@ class SynthStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": str(self.out_dir), "seed": self.seed, "images": self.images,
-            "refs": self.refs, "sentences": self.sentences,
+            "out_dir": str(self.out_dir), "seed": self.seed, "scale": self.scale,
+            "images": self.images, "refs": self.refs, "sentences": self.sentences,
             "splits": {name: s.to_dict() for name, s in self.splits.items()},
             "held_out_combos": [list(c) for c in self.held_out_combos],
         }
@@ -382,6 +383,7 @@ def generate_synthref(
     fractions: Mapping[str, float] | None = None,
     held_out_fraction: float = 0.15,
     type_weights: Mapping[str, float] | None = None,
+    scale: str | None = None,
     scene_config: SceneConfig | None = None,
     workers: int | None = None,
 ) -> SynthStats:
@@ -390,14 +392,19 @@ def generate_synthref(
     ``fractions`` maps split names to shares of ``num_images`` (default 0.7/0.08/0.1/0.06/0.06
     for train/val/test/testC/testR; every listed split gets at least one image);
     ``held_out_fraction`` of the colour-shape combinations are reserved for testC referents.
+    ``scale`` names the object-size preset (:data:`~refground.data.synth.scales.SCALES`;
+    default ``DEFAULT_SCALE``); ``scene_config`` replaces a preset with custom settings.
     ``workers`` processes build the images (default: available CPUs, at most 8, or 1 below
     64 images); the output is byte-identical for any number of workers. Earlier
     ``synthref_*.png`` images in ``out_dir/images`` are replaced.
     """
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
     type_weights = dict(DEFAULT_TYPE_WEIGHTS if type_weights is None else type_weights)
-    scene_config = scene_config or SceneConfig()
     _check_arguments(seed, fractions, held_out_fraction, type_weights)
+    if scene_config is not None and scale is not None:
+        raise ConfigError("pass either scale or scene_config, not both: a scale is a named "
+                          "SceneConfig")
+    scene_config = scene_config or scene_config_for(DEFAULT_SCALE if scale is None else scale)
     splits = assign_splits(num_images, fractions, seed)
     out_dir = Path(out_dir)
     dataset_dir, images_dir = out_dir / DATASET, out_dir / "images"
@@ -423,10 +430,10 @@ def generate_synthref(
         "generator": GENERATOR, "version": VERSION, "seed": seed,
         "args": {"num_images": num_images, "fractions": fractions,
                  "held_out_fraction": held_out_fraction, "type_weights": type_weights,
-                 "scene": asdict(scene_config)},
+                 "scene": scene_config.record()},
         "held_out_combos": [list(c) for c in held_out],
         "colors": {name: list(rgb) for name, rgb in COLORS.items()},
-        "sizes": {name: list(sides) for name, sides in SIZES.items()},
+        "sizes": {name: [low, high] for name, low, high in scene_config.sizes},
     }
     categories = [{"id": CATEGORY_IDS[s], "name": s, "supercategory": "shape"} for s in SHAPES]
     _write_json(dataset_dir / "instances.json", {
@@ -439,4 +446,5 @@ def generate_synthref(
         "splits": {name: s.to_dict() for name, s in stats.items()},
         "held_out_combos": [list(c) for c in held_out]}, indent=2)
     (dataset_dir / "README.txt").write_text(_readme(seed, stats), encoding="utf-8")
-    return SynthStats(out_dir, seed, stats, held_out)
+    return SynthStats(out_dir, seed, stats, held_out,
+                      scale_of(scene_config.record(), info["sizes"]))

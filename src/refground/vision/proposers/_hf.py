@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError, MissingDependencyError, RefgroundError
 from refground.types import Sample
 from refground.vision.loading import check_weights_loaded
@@ -58,14 +59,10 @@ def require_transformers() -> None:
             "this proposer needs transformers: pip install 'refground[clip]'") from exc
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"``: the GPU when there is one, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"invalid device {device!r}: {exc}") from exc
+def pick_device(device: DeviceSpec) -> torch.device:
+    """``None`` or ``"auto"``: the GPU when there is one, else the CPU; other specs are checked
+    by :func:`refground.devices.resolve_device` (a GPU this machine lacks is a ConfigError)."""
+    return resolve_device(device)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -158,7 +155,7 @@ class TransformersProposer(ABC):
     text_conditioned: ClassVar[bool] = False
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *,
-                 device: str | torch.device | None = None, batch_size: int = 8,
+                 device: DeviceSpec = AUTO, batch_size: int = 8,
                  strict: bool = True, postprocess: PostProcess | None = None) -> None:
         require_transformers()
         if isinstance(batch_size, bool) or batch_size < 1:

@@ -18,9 +18,9 @@ import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
 from PIL import Image
 
+from refground.devices import AUTO, DeviceSpec
 from refground.errors import MissingDependencyError
 from refground.vision.proposals import PROPOSERS, PostProcess
 from refground.vision.proposers._hf import (
@@ -48,7 +48,7 @@ class DetrProposer(TransformersProposer):
     text_conditioned: ClassVar[bool] = False
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *,
-                 device: str | torch.device | None = None, batch_size: int = 8,
+                 device: DeviceSpec = AUTO, batch_size: int = 8,
                  strict: bool = True, postprocess: PostProcess | None = None) -> None:
         super().__init__(model, device=device, batch_size=batch_size, strict=strict,
                          postprocess=postprocess)

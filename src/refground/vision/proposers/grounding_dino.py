@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from refground import boxes as B
+from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError
 from refground.vision.loading import check_tokenizer_vocab
 from refground.vision.proposals import PROPOSERS, PostProcess, ProposerLoadError
@@ -82,7 +83,7 @@ class GroundingDinoProposer(TransformersProposer):
     text_conditioned: ClassVar[bool] = True
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *,
-                 text_threshold: float = 0.25, device: str | torch.device | None = None,
+                 text_threshold: float = 0.25, device: DeviceSpec = AUTO,
                  batch_size: int = 4, strict: bool = True,
                  postprocess: PostProcess | None = None) -> None:
         if not 0.0 <= text_threshold <= 1.0:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError
 from refground.vision.loading import check_tokenizer_vocab
 from refground.vision.proposals import PROPOSERS, PostProcess, ProposerLoadError
@@ -55,7 +56,7 @@ class OwlVitProposer(TransformersProposer):
     text_conditioned: ClassVar[bool] = True
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *,
-                 template: str = "a photo of {}", device: str | torch.device | None = None,
+                 template: str = "a photo of {}", device: DeviceSpec = AUTO,
                  batch_size: int = 8, strict: bool = True,
                  postprocess: PostProcess | None = None) -> None:
         if template.count("{}") != 1:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
 from PIL import Image
 
+from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError, MissingDependencyError
 from refground.types import Sample
 from refground.vision.proposals import (
@@ -48,7 +48,7 @@ class YoloProposer:
     default_postprocess: ClassVar[PostProcess] = PostProcess(score_threshold=0.5)
 
     def __init__(self, model: str = default_model, *, image_size: int = 640,
-                 device: str | torch.device | None = None, batch_size: int = 16,
+                 device: DeviceSpec = AUTO, batch_size: int = 16,
                  postprocess: PostProcess | None = None) -> None:
         if image_size < 32 or batch_size < 1:
             raise ConfigError(
