@@ -458,10 +458,28 @@ def test_one_plain_entity_equals_the_scorer(synth_samples: list[Sample],
     scored 70% on attribute-only expressions phrased otherwise)."""
     method = GraphResolve(graphs="parsed", parser_backend="rules")
     method.scorer = crop_rank
-    texts = ["red circle", "a big blue star, please", "the little green thing",
+    texts = ["red circle", "a blue star, please", "the green thing",
              "yellow triangle", "the square that is purple"]
     samples = [replace(s, expression=t) for s, t in zip(synth_samples, texts, strict=False)]
     for got, want in zip(method.predict(samples), crop_rank.predict(samples), strict=True):
         assert got.box == want.box and got.candidates == want.candidates
         assert got.graph_use is not None and got.graph_use.structured
         assert not got.graph_use.dropped_any
+
+
+def test_size_words_pick_the_largest_or_smallest_of_the_members() -> None:
+    """"the large circle": the largest of the circles, not the larger square (a crop shows no
+    size); "the small circle": the smallest circle; recorded as used size modifiers."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 0, 50, 30], [60, 0, 80, 20],
+                          [0, 60, 60, 120]])
+    circles = [1.0, 1.0, 1.0, 0.0]  # box 3, the biggest of all, is a square
+    geo = geometry(boxes, 200, 200)
+    for word, expected in (("large", 1), ("big", 1), ("small", 0), ("little", 0)):
+        graph = SceneGraph((Entity(f"the {word} circle", "circle", (word,)),))
+        resolver = GraphResolver(graph, log_members(circles), geo, ResolveConfig())
+        assert argmax(resolver.resolve()) == expected, word
+        assert resolver.graph_use().used_modifiers == (f"{word} (size)",)
+    off = GraphResolver(SceneGraph((Entity("the large circle", "circle", ("large",)),)),
+                        log_members(circles), geo, ResolveConfig(size_words=False))
+    assert off.resolve().unique().numel() == 2  # the three circles tie: size is not read
+    assert off.graph_use().used_modifiers == ()

@@ -495,9 +495,9 @@ def serve(
     page at /. Requests pick among the served methods (--method, --also) and may set only the
     options GET /methods lists (visual-prompt: marker, color, stroke, blur_radius, backgrounds,
     sharp_window, aggregate; graph-resolve: membership, temperature, modifier_weight,
-    relation_weight, entity_text; other methods: none); whatever names a model, file, cache or
-    device is set here with -o, never by a request. Needs the serve extra (fastapi, uvicorn,
-    python-multipart)."""
+    relation_weight, entity_text, size_words; other methods: none); whatever names a model,
+    file, cache or device is set here with -o, never by a request. Needs the serve extra
+    (fastapi, uvicorn, python-multipart)."""
     from refground.errors import MissingDependencyError
 
     try:

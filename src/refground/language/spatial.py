@@ -61,6 +61,14 @@ SIZE_SUPERLATIVES: dict[str, bool] = {
     "nearest": True, "smallest": False, "smaller": False, "tiniest": False,
     "farthest": False, "furthest": False,
 }
+#: Size adjectives, read as the superlative among the entity's own members: "the large red
+#: circle" is the largest of the red circles, whatever its size in pixels ("large" is relative
+#: to the things compared, in RefCOCO as in SynthRef's minimal descriptions). "medium" has no
+#: such reading with two members, so it is left to the scorer.
+SIZE_ADJECTIVES: dict[str, str] = {
+    "large": "largest", "big": "largest", "huge": "largest", "giant": "largest",
+    "small": "smallest", "little": "smallest", "tiny": "smallest",
+}
 REGIONS: dict[str, tuple[str, ...]] = {
     "on the left": ("left",), "on the right": ("right",), "at the top": ("top",),
     "at the bottom": ("bottom",),

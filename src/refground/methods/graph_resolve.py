@@ -69,6 +69,7 @@ class ResolveConfig:
     temperature: float = 0.3
     modifier_weight: float = 1.0
     relation_weight: float = 1.0
+    size_words: bool = True  # "large"/"small" as the largest/smallest of the entity's members
 
 
 # --- membership ---------------------------------------------------------------------------------
@@ -121,14 +122,17 @@ def entity_text(entity: Entity, how: str) -> str:
     return entity.span.strip() or noun
 
 
-def is_unstructured(graph: SceneGraph) -> bool:
-    """One entity, no relation, no spatial modifier: nothing for geometry to add.
+def is_unstructured(graph: SceneGraph, size_words: bool = True) -> bool:
+    """One entity, no relation, no spatial modifier (nor, with ``size_words``, a size
+    adjective): nothing for geometry to add.
 
     Such an expression goes to the scorer whole, so graph-resolve equals its scorer on it
     exactly. Scoring the entity's span instead, through membership probabilities, was only
     ever a lossy copy of that (the span can drop words; ties break differently).
     """
-    return len(graph.entities) == 1 and not graph.relations and not graph.entities[0].spatial
+    entity = graph.entities[0] if len(graph.entities) == 1 else None
+    return (entity is not None and not graph.relations and not entity.spatial
+            and not (size_words and any(a in spatial.SIZE_ADJECTIVES for a in entity.attributes)))
 
 
 # --- resolving one graph ------------------------------------------------------------------------
@@ -161,6 +165,10 @@ class GraphResolver:
         modifiers = [((index, position) in self.used_modifiers, name)
                      for index, entity in enumerate(self.graph.entities)
                      for position, name in enumerate(entity.spatial)]
+        modifiers += [((index, -1 - position) in self.used_modifiers, f"{word} (size)")
+                      for index, entity in enumerate(self.graph.entities)
+                      for position, word in enumerate(entity.attributes)
+                      if word in spatial.SIZE_ADJECTIVES and self.config.size_words]
         return GraphUse(
             used_relations=tuple(name for used, name in relations if used),
             dropped_relations=tuple(name for used, name in relations if not used),
@@ -192,6 +200,13 @@ class GraphResolver:
                 continue
             self.used_modifiers.add((index, position))
             score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
+        for position, word in enumerate(entity.attributes):
+            if not self.config.size_words or word not in spatial.SIZE_ADJECTIVES:
+                continue
+            values = spatial.modifier(spatial.SIZE_ADJECTIVES[word], self.geometry, members)
+            if values is not None:
+                self.used_modifiers.add((index, -1 - position))
+                score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
         between_objects: list[tuple[int, int]] = []
         inner = path | {index}
         for number, relation in enumerate(self.graph.relations):
@@ -323,7 +338,10 @@ class GraphResolve(Method):
       separate SynthRef tuning set (seed 1, its val/test/testC), with crop-rank scores;
     * ``modifier_weight`` / ``relation_weight``: multipliers of the geometric log terms;
     * ``entity_text``: ask the scorer about the entity's ``span`` as written ("the bigger of
-      the two red squares") or just its ``noun`` ("red square").
+      the two red squares") or just its ``noun`` ("red square");
+    * ``size_words``: read "large"/"big"/"small"/"little" among an entity's attributes as the
+      largest / smallest of its members (:data:`spatial.SIZE_ADJECTIVES`); a crop shows no
+      size, so CLIP cannot tell "the large red circle" from the small one.
     """
 
     name = "graph-resolve"
@@ -340,6 +358,7 @@ class GraphResolve(Method):
         modifier_weight: float = 1.0,
         relation_weight: float = 1.0,
         entity_text: str = "span",
+        size_words: bool = True,
         **options: Any,
     ) -> None:
         self.graphs = _choice("graphs", graphs, GRAPH_SOURCES)
@@ -351,8 +370,11 @@ class GraphResolve(Method):
         self.parser_backend = _check_backend(parser_backend) if graphs == "parsed" else "auto"
         self.scorer = self._build_scorer(scorer, scorer_options, options)
         self.device = self.scorer.device  # the scorer's (its ``device`` option, "auto")
+        if not isinstance(size_words, bool):
+            raise ConfigError(f"size_words must be true or false, got {size_words!r}")
+        self.size_words = size_words
         self.config = ResolveConfig(membership, temperature / score_scale(self.scorer),
-                                    modifier_weight, relation_weight)
+                                    modifier_weight, relation_weight, size_words)
         self.cache: dict[str, SceneGraph] = {}
         if graph_cache is not None:
             self._load_cache(Path(graph_cache))
@@ -438,7 +460,7 @@ class GraphResolve(Method):
 
         plans = []
         for item, graph in zip(items, graphs, strict=True):
-            if not graph.entities or is_unstructured(graph):
+            if not graph.entities or is_unstructured(graph, self.size_words):
                 plans.append(_Plan(graph, (), query(item, item.sample.expression)))
                 continue
             plans.append(_Plan(graph, tuple(

@@ -169,6 +169,7 @@ CLIENT_OPTIONS: Mapping[str, Mapping[str, Rule]] = MappingProxyType({
         "modifier_weight": Number(0, 10),
         "relation_weight": Number(0, 10),
         "entity_text": Choice(ENTITY_TEXTS),
+        "size_words": Switch(),
     }),
 })
 
