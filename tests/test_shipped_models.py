@@ -1,7 +1,8 @@
 """The shipped models work: accuracy floors a broken model cannot pass by luck.
 
 The floors sit well below what the shipped models score on this fixed set (measured when they
-were set: crop-rank 37.4%, graph-resolve 69.0%, shipped erpa 47.6% Acc@0.5 on the 532
+were set: crop-rank 37.4%, graph-resolve 69.0% (before it read size words), shipped erpa
+47.6% Acc@0.5 on the 532
 expressions below) and far above chance: the test computes, exactly, the probability that a
 picker choosing uniformly among each image's annotated boxes reaches the floor, and requires it
 to be below 1e-6. A model with random weights, a CLIP that lost its tokenizer, or a checkpoint
