@@ -1,12 +1,12 @@
 """The shipped models work: accuracy floors a broken model cannot pass by luck.
 
 The floors sit well below what the shipped models score on this fixed set (measured when they
-were set: crop-rank 37.4%, graph-resolve 69.0% (before it read size words), shipped erpa
-47.6% Acc@0.5 on the 532
-expressions below) and far above chance: the test computes, exactly, the probability that a
-picker choosing uniformly among each image's annotated boxes reaches the floor, and requires it
-to be below 1e-6. A model with random weights, a CLIP that lost its tokenizer, or a checkpoint
-that loads into the wrong layers fails; a retrained model that is merely different passes.
+were set: crop-rank 37.4%, graph-resolve 69.0% before it read size words, shipped erpa 47.6%
+Acc@0.5 on the 532 expressions below) and far above chance: the test computes, exactly, the
+probability that a picker choosing uniformly among each image's annotated boxes reaches the
+floor, and requires it to be below 1e-6. A model with random weights, a CLIP that lost its
+tokenizer, or a checkpoint that loads into the wrong layers fails; a retrained model that is
+merely different passes.
 
 The set is SynthRef seed 21 (the shipped models were trained on seed 0), 120 images, the train
 split: 532 expressions, chance 19%.
