@@ -56,7 +56,8 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
         tmp_path: Path, one_thread: None) -> None:
     data = tmp_path / "synth"
     generate_synthref(data, seed=2, num_images=12)
-    config = replace(PretrainConfig(), steps=3, images_per_step=2, eval_every=3, **TINY)
+    config = replace(PretrainConfig(), steps=3, images_per_step=2, eval_every=3, probe_weight=0.5,
+                     **TINY)
     summary = pretrain_clip(data, tmp_path / "clip", config, log=lambda _: None)
     with safe_open(tmp_path / "clip" / "model.safetensors", "pt") as weights:
         dtypes = {weights.get_tensor(name).dtype for name in weights.keys()}  # noqa: SIM118
@@ -71,9 +72,24 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     assert all(h["loss_attribute"] > 0 for h in record["curve"])
     assert "val_crop-rank" in record["history"][-1]
     assert record["command"].startswith(f"refground pretrain-clip --data {data} --out ")
-    assert "--steps 3 --images-per-step 2 --eval-every 3" in record["command"]
+    for flag in ("--steps 3", "--images-per-step 2", "--eval-every 3", "--set patch_size=8",
+                 "--set hidden_size=32"):
+        assert flag in record["command"]
+    assert record["config"]["probe_weight"] == 0.5
+    assert "--set probe_weight=0.5" in record["command"]
 
 
 def test_the_default_command_is_the_shipped_recipe() -> None:
     assert recipe_command(Path("data/synth"), Path("out"), PretrainConfig()) == (
         "refground pretrain-clip --data data/synth --out out")
+
+
+def test_set_overrides_any_field_with_its_type() -> None:
+    from refground.train.pretrain_clip import config_override
+
+    assert config_override("probe_weight=0.5") == ("probe_weight", 0.5)
+    assert config_override("patch_size=8") == ("patch_size", 8)
+    with pytest.raises(ConfigError, match="PretrainConfig field"):
+        config_override("no_such=1")
+    with pytest.raises(ConfigError, match="is not a int"):
+        config_override("patch_size=eight")

@@ -180,6 +180,8 @@ def pretrain_clip_command(
         help="Validate every N steps [the shipped recipe's].")] = None,
     export_dtype: Annotated[str | None, typer.Option(
         help="Weights' dtype when saved: float16 (as shipped) or float32.")] = None,
+    override: Annotated[list[str], typer.Option(
+        "--set", help="Any other PretrainConfig field: name=value (repeatable).")] = [],  # noqa: B006
 ) -> None:
     """Train a small CLIP on SynthRef's train split (crops, attribute labels, marked views).
 
@@ -187,11 +189,13 @@ def pretrain_clip_command(
     including the float16 export; the record of the run is OUT/training.json."""
     from dataclasses import replace
 
-    from refground.train.pretrain_clip import PretrainConfig, pretrain_clip
+    from refground.train.pretrain_clip import PretrainConfig, config_override, pretrain_clip
 
     given = {"steps": steps, "images_per_step": images_per_step, "seed": seed,
              "eval_every": eval_every, "export_dtype": export_dtype}
-    config = replace(PretrainConfig(), **{k: v for k, v in given.items() if v is not None})
+    fields = dict(config_override(pair) for pair in override)
+    fields.update({k: v for k, v in given.items() if v is not None})
+    config = replace(PretrainConfig(), **fields)
     summary = pretrain_clip(data, out, config, log=console.print)
     console.print(f"saved to {out} after {summary['seconds']} s")
 

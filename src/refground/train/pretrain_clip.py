@@ -69,6 +69,7 @@ class PretrainConfig:
     crop_margin: float = 0.25  # crops take up to this much context around the box, at random
     grounding_weight: float = 1.0
     attribute_weight: float = 1.0  # crops classified among every colour x shape, shape, colour
+    probe_weight: float = 0.0  # linear shape/colour heads on the vision tower (not saved)
     eval_every: int = 500
     eval_samples: int = 150
     debias_expressions: int = 2000
@@ -259,10 +260,28 @@ def recipe_command(data: Path, out: Path, config: PretrainConfig) -> str:
     """The ``refground`` command line that reruns this training (flags only where the config
     departs from the shipped recipe, i.e. from ``PretrainConfig()``)."""
     default = PretrainConfig()
-    flags = [f"--{name.replace('_', '-')} {getattr(config, name)}"
-             for name in ("steps", "images_per_step", "seed", "eval_every", "export_dtype")
-             if getattr(config, name) != getattr(default, name)]
+    flags = [f"--{name.replace('_', '-')} {getattr(config, name)}" if name in CLI_FLAGS
+             else f"--set {name}={getattr(config, name)}"
+             for name in asdict(config) if getattr(config, name) != getattr(default, name)]
     return " ".join(["refground pretrain-clip", f"--data {data}", f"--out {out}", *flags])
+
+
+#: PretrainConfig fields with a flag of their own; any other field is ``--set name=value``.
+CLI_FLAGS = ("steps", "images_per_step", "seed", "eval_every", "export_dtype")
+
+
+def config_override(pair: str) -> tuple[str, object]:
+    """``name=value`` for a PretrainConfig field, the value converted to the field's type."""
+    name, sep, raw = pair.partition("=")
+    defaults = asdict(PretrainConfig())
+    if not sep or name not in defaults:
+        raise ConfigError(f"--set takes name=value with a PretrainConfig field "
+                          f"({', '.join(defaults)}), got {pair!r}")
+    try:
+        return name, type(defaults[name])(raw)
+    except ValueError:
+        raise ConfigError(f"--set {name}: {raw!r} is not a {type(defaults[name]).__name__}"
+                          ) from None
 
 
 def normalized(features: Tensor) -> Tensor:
@@ -293,8 +312,13 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
     preprocess = ClipPreprocessConfig.from_image_processor(processor)
     style = PromptStyle()
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    from refground.data.synth.scenes import COLOR_NAMES, SHAPES
+
+    probe_heads = torch.nn.ModuleDict({
+        "shape": torch.nn.Linear(config.hidden_size, len(SHAPES)),
+        "colour": torch.nn.Linear(config.hidden_size, len(COLOR_NAMES))})
+    optimizer = torch.optim.AdamW([*model.parameters(), *probe_heads.parameters()],
+                                  lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
@@ -311,8 +335,8 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
         batch = PretrainBatch(rng.sample(images, config.images_per_step), config, preprocess,
                               style, cache, rng)
         pixels = torch.cat((batch.crop_pixels, batch.view_pixels))
-        image_features = normalized(model.visual_projection(
-            model.vision_model(pixel_values=pixels).pooler_output))
+        pooled = model.vision_model(pixel_values=pixels).pooler_output
+        image_features = normalized(model.visual_projection(pooled))
         label_names = list(labels)
         label_texts = [t for name in label_names for t in labels[name]]
         texts = batch.descriptions + batch.expressions + label_texts
@@ -335,6 +359,13 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
                                         attribute_targets(batch.objects), scale)
         loss = (loss_crop + config.grounding_weight * loss_ground
                 + config.attribute_weight * loss_attribute)
+        if config.probe_weight:
+            # supervised heads make the vision tower encode shape whatever the text side does:
+            # contrast alone can settle where neither tower distinguishes shapes
+            crop_targets = attribute_targets(batch.objects)
+            loss = loss + config.probe_weight * sum(
+                F.cross_entropy(probe_heads[name](pooled[:crops]), crop_targets[name])
+                for name in probe_heads) / len(probe_heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
