@@ -57,7 +57,7 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     data = tmp_path / "synth"
     generate_synthref(data, seed=2, num_images=12)
     config = replace(PretrainConfig(), steps=3, images_per_step=2, eval_every=3, probe_weight=0.5,
-                     **TINY)
+                     attribute_weight=1.0, exact_crop_share=0.5, **TINY)
     summary = pretrain_clip(data, tmp_path / "clip", config, log=lambda _: None)
     with safe_open(tmp_path / "clip" / "model.safetensors", "pt") as weights:
         dtypes = {weights.get_tensor(name).dtype for name in weights.keys()}  # noqa: SIM118
@@ -70,6 +70,7 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     assert record["data"]["seed"] == 2 and record["data"]["images"] == 12
     assert [h["step"] for h in record["curve"]] == [1, 2, 3]
     assert all(h["loss_attribute"] > 0 for h in record["curve"])
+    assert "--set attribute_weight=1.0" in record["command"]
     assert "val_crop-rank" in record["history"][-1]
     assert record["command"].startswith(f"refground pretrain-clip --data {data} --out ")
     for flag in ("--steps 3", "--images-per-step 2", "--eval-every 3", "--set patch_size=8",
@@ -93,3 +94,15 @@ def test_set_overrides_any_field_with_its_type() -> None:
         config_override("no_such=1")
     with pytest.raises(ConfigError, match="is not a int"):
         config_override("patch_size=eight")
+
+
+def test_the_defaults_are_the_shipped_models_recipe() -> None:
+    """No flags = the recipe recorded next to the shipped weights (fields added since default
+    to off, so the shipped model's recipe is unchanged)."""
+    from refground.vision.shipped import shipped_path
+
+    shipped = json.loads((shipped_path("synthref-clip") / "training.json").read_text())
+    defaults = dict(PretrainConfig().__dict__)
+    assert {k: defaults[k] for k in shipped["config"]} == shipped["config"]
+    assert all(defaults[k] == 0 for k in set(defaults) - set(shipped["config"])
+               if k != "export_dtype")
