@@ -26,7 +26,6 @@ from refground.methods.trainable import METHOD_FILE, TrainableMethod
 from refground.train.config import LoopConfig, build_config, without_device
 from refground.train.trainer import Trainer, training_device
 from refground.vision.proposals import proposer_takes_device
-from refground.vision.proposers._hf import pick_device
 from tests.tiny_trainable import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,13 +60,12 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.usefixtures("no_cuda")
 def test_auto_is_the_cpu_without_cuda() -> None:
     assert resolve_device() == resolve_device("auto") == resolve_device(None) == CPU
-    assert resolve_device(" AUTO ") == pick_device(None) == pick_device("auto") == CPU
+    assert resolve_device(" AUTO ") == CPU
 
 
 @pytest.mark.usefixtures("fake_cuda")
 def test_auto_is_cuda_when_cuda_is_available() -> None:
     assert resolve_device("auto") == resolve_device(None) == torch.device("cuda")
-    assert pick_device("auto") == torch.device("cuda")
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     assert resolve_device("cpu") == CPU  # asking for the CPU still gets it
     with pytest.raises(ConfigError, match=r"has 1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
@@ -88,8 +86,6 @@ def test_cuda_without_cuda_says_so_and_what_to_use(spec: str | torch.device) -> 
     message = str(info.value)
     assert "no CUDA device is available" in message
     assert "device='auto'" in message and "device='cpu'" in message
-    with pytest.raises(ConfigError, match="no CUDA device is available"):
-        pick_device(spec)  # the detectors' spelling of it
 
 
 def test_mps_only_when_the_machine_has_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,14 +51,13 @@ def synth(
              "refground.data.synth.DEFAULT_SCALE.")] = None,
 ) -> None:
     """Generate SynthRef, an offline benchmark in the RefCOCO (REFER) file layout."""
-    from refground.data.synth import DEFAULT_SCALE, generate_synthref
+    from refground.data.synth import generate_synthref
 
-    scale = DEFAULT_SCALE if scale is None else scale  # the package constant is the default
     start = time.perf_counter()
     stats = generate_synthref(out, seed=seed, num_images=images, scale=scale)
     elapsed = time.perf_counter() - start
-    console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {scale}) to {out} in "
-                  f"{elapsed:.1f} s")
+    console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {stats.scale}) to {out} "
+                  f"in {elapsed:.1f} s")
     console.print_json(json.dumps(stats.to_dict()))
 
 

@@ -122,13 +122,9 @@ def load_refer_split(
             samples.extend(_samples_of_ref(
                 ref, index, pickle_path, images, annotations, by_image, images_root,
                 checked_images))
-        except _Invalid as problem:
-            if not skip_invalid:
-                raise DatasetError(str(problem)) from None
-            skipped.append(str(problem))
-        except MALFORMED as exc:  # a value of the wrong type deep in the record
-            problem = (f"{pickle_path}, ref #{index}: malformed "
-                       f"({type(exc).__name__}: {exc})")
+        except (_Invalid, *MALFORMED) as exc:  # MALFORMED: a wrong type deep in the record
+            problem = str(exc) if isinstance(exc, _Invalid) else (
+                f"{pickle_path}, ref #{index}: malformed ({type(exc).__name__}: {exc})")
             if not skip_invalid:
                 raise DatasetError(problem) from None
             skipped.append(problem)

@@ -62,15 +62,19 @@ def read_predictions(path: Path) -> list[EvalRecord]:
     return records
 
 
-def _rewrite(path: Path, records: Sequence[EvalRecord]) -> None:
-    """Atomically replace ``path`` with exactly ``records`` (drops torn or foreign lines)."""
-    tmp = path.with_suffix(".tmp")
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so a reader sees the old file or the new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as stream:
-        for record in records:
-            stream.write(json.dumps(record.to_json()) + "\n")
+        stream.write(text)
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(tmp, path)
+
+
+def _rewrite(path: Path, records: Sequence[EvalRecord]) -> None:
+    """Atomically replace ``path`` with exactly ``records`` (drops torn or foreign lines)."""
+    _atomic_write(path, "".join(json.dumps(record.to_json()) + "\n" for record in records))
 
 
 #: Recorded in ``run.json`` for the reader, but not part of what must match to resume.
@@ -78,9 +82,7 @@ NOT_COMPARED = frozenset({"skipped_invalid"})
 
 
 def _atomic_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 def identity_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

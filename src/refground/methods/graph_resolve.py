@@ -122,6 +122,12 @@ def entity_text(entity: Entity, how: str) -> str:
     return entity.span.strip() or noun
 
 
+def size_adjectives(entity: Entity) -> list[tuple[int, str]]:
+    """(position among the attributes, word) of each size adjective of ``entity``."""
+    return [(position, word) for position, word in enumerate(entity.attributes)
+            if word in spatial.SIZE_ADJECTIVES]
+
+
 def is_unstructured(graph: SceneGraph, size_words: bool = True) -> bool:
     """One entity, no relation, no spatial modifier (nor, with ``size_words``, a size
     adjective): nothing for geometry to add.
@@ -132,7 +138,7 @@ def is_unstructured(graph: SceneGraph, size_words: bool = True) -> bool:
     """
     entity = graph.entities[0] if len(graph.entities) == 1 else None
     return (entity is not None and not graph.relations and not entity.spatial
-            and not (size_words and any(a in spatial.SIZE_ADJECTIVES for a in entity.attributes)))
+            and not (size_words and size_adjectives(entity)))
 
 
 # --- resolving one graph ------------------------------------------------------------------------
@@ -165,10 +171,10 @@ class GraphResolver:
         modifiers = [((index, position) in self.used_modifiers, name)
                      for index, entity in enumerate(self.graph.entities)
                      for position, name in enumerate(entity.spatial)]
-        modifiers += [((index, -1 - position) in self.used_modifiers, f"{word} (size)")
-                      for index, entity in enumerate(self.graph.entities)
-                      for position, word in enumerate(entity.attributes)
-                      if word in spatial.SIZE_ADJECTIVES and self.config.size_words]
+        if self.config.size_words:
+            modifiers += [((index, -1 - position) in self.used_modifiers, f"{word} (size)")
+                          for index, entity in enumerate(self.graph.entities)
+                          for position, word in size_adjectives(entity)]
         return GraphUse(
             used_relations=tuple(name for used, name in relations if used),
             dropped_relations=tuple(name for used, name in relations if not used),
@@ -200,9 +206,7 @@ class GraphResolver:
                 continue
             self.used_modifiers.add((index, position))
             score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
-        for position, word in enumerate(entity.attributes):
-            if not self.config.size_words or word not in spatial.SIZE_ADJECTIVES:
-                continue
+        for position, word in size_adjectives(entity) if self.config.size_words else ():
             values = spatial.modifier(spatial.SIZE_ADJECTIVES[word], self.geometry, members)
             if values is not None:
                 self.used_modifiers.add((index, -1 - position))
@@ -372,7 +376,6 @@ class GraphResolve(Method):
         self.device = self.scorer.device  # the scorer's (its ``device`` option, "auto")
         if not isinstance(size_words, bool):
             raise ConfigError(f"size_words must be true or false, got {size_words!r}")
-        self.size_words = size_words
         self.config = ResolveConfig(membership, temperature / score_scale(self.scorer),
                                     modifier_weight, relation_weight, size_words)
         self.cache: dict[str, SceneGraph] = {}
@@ -460,7 +463,7 @@ class GraphResolve(Method):
 
         plans = []
         for item, graph in zip(items, graphs, strict=True):
-            if not graph.entities or is_unstructured(graph, self.size_words):
+            if not graph.entities or is_unstructured(graph, self.config.size_words):
                 plans.append(_Plan(graph, (), query(item, item.sample.expression)))
                 continue
             plans.append(_Plan(graph, tuple(

@@ -185,15 +185,12 @@ class GroundService:
         (both can hold the operator's paths), the log gets it in full."""
         try:
             return self.cache.get(method, options)
-        except ConfigError as exc:
-            if not client:
-                logger.exception("cannot load %s", method)
-                raise ServerFaultError(f"the server cannot load {method}; its log has the "
-                                       "details") from None
-            logger.warning("%s refused the request's options %s: %s", method, client, exc)
-            raise BadOptionValueError(f"{method} on this server cannot run with the options "
-                                      f"{echo(client)}; leave them out or change them") from None
-        except Exception:
+        except Exception as exc:
+            if client and isinstance(exc, ConfigError):
+                logger.warning("%s refused the request's options %s: %s", method, client, exc)
+                raise BadOptionValueError(f"{method} on this server cannot run with the "
+                                          f"options {echo(client)}; leave them out or change "
+                                          "them") from None
             logger.exception("cannot load %s", method)
             raise ServerFaultError(f"the server cannot load {method}; its log has the "
                                    "details") from None

@@ -59,12 +59,6 @@ def require_transformers() -> None:
             "this proposer needs transformers: pip install 'refground[clip]'") from exc
 
 
-def pick_device(device: DeviceSpec) -> torch.device:
-    """``None`` or ``"auto"``: the GPU when there is one, else the CPU; other specs are checked
-    by :func:`refground.devices.resolve_device` (a GPU this machine lacks is a ConfigError)."""
-    return resolve_device(device)
-
-
 def _looks_like_path(name: str) -> bool:
     """Whether ``name`` can only mean a local path (a hub id is ``owner/name`` or ``name``)."""
     return (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name
@@ -161,7 +155,7 @@ class TransformersProposer(ABC):
         if isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model_name = os.fspath(model) if model is not None else self.default_model
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.postprocess = postprocess or self.default_postprocess
         self._load(resolve_source(self.model_name, self.name), strict)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from refground.devices import AUTO, DeviceSpec
+from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError, MissingDependencyError
 from refground.types import Sample
 from refground.vision.proposals import (
@@ -23,7 +23,6 @@ from refground.vision.proposals import (
     ProposerLoadError,
     check_batch,
 )
-from refground.vision.proposers._hf import pick_device
 
 INSTALL_HINT = (
     "the yolo proposer needs ultralytics: pip install 'refground[yolo]' (ultralytics also "
@@ -57,7 +56,7 @@ class YoloProposer:
         self.model_name = model
         self.image_size = image_size
         self.batch_size = batch_size
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.postprocess = postprocess or self.default_postprocess
         try:
             self.model = yolo(model)
