@@ -68,6 +68,7 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     assert record == json.loads(json.dumps(summary))
     assert record["export"] == {"dtype": "float16"}
     assert record["data"]["seed"] == 2 and record["data"]["images"] == 12
+    assert record["data"]["scale"] == "small"
     assert [h["step"] for h in record["curve"]] == [1, 2, 3]
     assert all(h["loss_attribute"] > 0 for h in record["curve"])
     assert "--set attribute_weight=1.0" in record["command"]

@@ -34,6 +34,7 @@ from torch import Tensor
 from transformers import CLIPModel
 
 from refground.data.refer import load_refer_split
+from refground.data.synth.scenes import COLOR_NAMES, SHAPES
 from refground.errors import ConfigError
 from refground.evaluate.runner import evaluate
 from refground.images import load_image
@@ -199,8 +200,6 @@ def contrastive_loss(image_features: Tensor, text_features: Tensor, texts: Seque
 
 def attribute_texts() -> dict[str, list[str]]:
     """The probe's label sets: every "a <colour> <shape>", "a <shape>", "a <colour> object"."""
-    from refground.data.synth.scenes import COLOR_NAMES, SHAPES
-
     return {"combo": [f"a {c} {s}" for c in COLOR_NAMES for s in SHAPES],
             "shape": [f"a {s}" for s in SHAPES],
             "colour": [f"a {c} object" for c in COLOR_NAMES]}
@@ -251,14 +250,17 @@ def validate(model: CLIPModel, tokenizer: object, processor: object,
 
 
 def data_recipe(data: Path) -> dict[str, object]:
-    """How the training data was made, from SynthRef's own stats.json (seed, scale, sizes)."""
-    stats_path = data / "synthref" / "stats.json"
-    if not stats_path.is_file():
+    """How the training data was made, from SynthRef's own record of it (instances.json's
+    ``info``): generator, version, seed, image count and the named scale (None if custom)."""
+    from refground.data.synth import scale_of
+
+    info_path = data / "synthref" / "instances.json"
+    if not info_path.is_file():
         return {"root": str(data)}
-    stats = json.loads(stats_path.read_text(encoding="utf-8"))
-    recipe = {key: stats[key] for key in ("generator", "version", "seed", "scale")
-              if key in stats}
-    recipe["images"] = sum(split["images"] for split in stats.get("splits", {}).values())
+    info = json.loads(info_path.read_text(encoding="utf-8"))["info"]
+    recipe = {key: info[key] for key in ("generator", "version", "seed") if key in info}
+    recipe["images"] = info["args"]["num_images"]
+    recipe["scale"] = scale_of(info["args"]["scene"], info["sizes"])
     return recipe
 
 
@@ -319,8 +321,6 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
     preprocess = ClipPreprocessConfig.from_image_processor(processor)
     style = PromptStyle()
     model.train()
-    from refground.data.synth.scenes import COLOR_NAMES, SHAPES
-
     probe_heads = torch.nn.ModuleDict({  # built only when used: they draw from torch's RNG
         "shape": torch.nn.Linear(config.hidden_size, len(SHAPES)),
         "colour": torch.nn.Linear(config.hidden_size, len(COLOR_NAMES))
@@ -337,6 +337,7 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     cache = ImageCache()
     labels = attribute_texts() if config.attribute_weight else {}
+    label_texts = [text for texts in labels.values() for text in texts]
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     for step in range(config.steps):
@@ -345,35 +346,30 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
         pixels = torch.cat((batch.crop_pixels, batch.view_pixels))
         pooled = model.vision_model(pixel_values=pixels).pooler_output
         image_features = normalized(model.visual_projection(pooled))
-        label_names = list(labels)
-        label_texts = [t for name in label_names for t in labels[name]]
         texts = batch.descriptions + batch.expressions + label_texts
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length,
                            return_tensors="pt")
         all_text_features = normalized(model.text_projection(
             model.text_model(**tokens).pooler_output))
-        text_features = all_text_features[:len(texts) - len(label_texts)]
-        label_features, at = {}, len(text_features)
-        for name in label_names:
-            label_features[name] = all_text_features[at:at + len(labels[name])]
-            at += len(labels[name])
+        text_features, *label_parts = all_text_features.split(
+            [len(texts) - len(label_texts), *(len(texts) for texts in labels.values())])
+        label_features = dict(zip(labels, label_parts, strict=True))
         scale = model.logit_scale.exp().clamp(max=100)
         crops = len(batch.descriptions)
         loss_crop = contrastive_loss(image_features[:crops], text_features[:crops],
                                      batch.descriptions, scale)
         loss_ground = grounding_loss(image_features[crops:], text_features[crops:],
                                      batch.targets, scale)
-        loss_attribute = attribute_loss(image_features[:crops], label_features,
-                                        attribute_targets(batch.objects), scale
+        targets = attribute_targets(batch.objects)
+        loss_attribute = attribute_loss(image_features[:crops], label_features, targets, scale
                                         ) if config.attribute_weight else torch.zeros(())
         loss = (loss_crop + config.grounding_weight * loss_ground
                 + config.attribute_weight * loss_attribute)
         if config.probe_weight:
             # supervised heads make the vision tower encode shape whatever the text side does:
             # contrast alone can settle where neither tower distinguishes shapes
-            crop_targets = attribute_targets(batch.objects)
             loss = loss + config.probe_weight * sum(
-                F.cross_entropy(probe_heads[name](pooled[:crops]), crop_targets[name])
+                F.cross_entropy(probe_heads[name](pooled[:crops]), targets[name])
                 for name in probe_heads) / len(probe_heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
