@@ -483,3 +483,41 @@ def test_size_words_pick_the_largest_or_smallest_of_the_members() -> None:
                         log_members(circles), geo, ResolveConfig(size_words=False))
     assert off.resolve().unique().numel() == 2  # the three circles tie: size is not read
     assert off.graph_use().used_modifiers == ()
+
+
+def test_medium_is_the_member_between_a_bigger_and_a_smaller_one() -> None:
+    """"the medium circle": of three circles the middle-sized one, wherever the others are;
+    of two (smaller or bigger one?) the one whose size is medium for the image."""
+    three = torch.tensor([[0.0, 0, 90, 90], [100, 0, 130, 30], [150, 0, 210, 60],
+                          [0, 100, 100, 200]])
+    circles = [1.0, 1.0, 1.0, 0.0]  # sides 90, 30, 60; box 3 (side 100) is a square
+    graph = SceneGraph((Entity("the medium circle", "circle", ("medium",)),))
+    resolver = GraphResolver(graph, log_members(circles), geometry(three, 300, 300),
+                             ResolveConfig())
+    assert argmax(resolver.resolve()) == 2
+    assert resolver.graph_use().used_modifiers == ("medium (size)",)
+    # two circles in a 300 px image: sides 100 (a third of the image) and 180 / 50
+    for other, expected in (([0.0, 0, 180, 180], 0), ([0.0, 0, 50, 50], 0)):
+        boxes = torch.tensor([[190.0, 190, 290, 290], other])
+        two = GraphResolver(graph, log_members([1.0, 1.0]), geometry(boxes, 300, 300),
+                            ResolveConfig())
+        assert argmax(two.resolve()) == expected, other
+
+
+def test_a_size_word_names_a_class_so_the_relation_picks_within_it() -> None:
+    """"the small square left of the circle" with two small squares (sides 30 and 28) and a big
+    one: both small squares are small, and the relation picks the one left of the circle,
+    even though it is the (slightly) bigger of the two."""
+    boxes = torch.tensor([[0.0, 100, 30, 130], [300, 100, 328, 128], [100, 0, 190, 90],
+                          [200, 100, 240, 140]])
+    squares = [1.0, 1.0, 1.0, 0.0]
+    geo = geometry(boxes, 400, 400)
+    small = spatial.size_class("small", torch.tensor(squares), geo)
+    assert small[0] > 0.9 and small[1] > 0.9 and small[2] < 0.1
+    large = spatial.size_class("large", torch.tensor(squares), geo)
+    assert argmax(large) == 2 and large[0] < 0.1
+    graph = SceneGraph((Entity("the small square", "square", ("small",)),
+                        Entity("the circle", "circle")),
+                       (Relation(0, "left of", 1),))
+    resolver = GraphResolver(graph, log_members(squares, [0.0, 0, 0, 1]), geo, ResolveConfig())
+    assert argmax(resolver.resolve()) == 0

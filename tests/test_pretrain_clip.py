@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,13 +15,20 @@ from safetensors import safe_open
 from refground.data.synth import generate_synthref
 from refground.errors import ConfigError
 from refground.train.pretrain_clip import (
+    Description,
     PretrainConfig,
     TrainObject,
     attribute_loss,
     attribute_targets,
     attribute_texts,
+    contrastive_loss,
+    describe,
+    fit_matrix,
+    one_word_loss,
+    one_word_variants,
     pretrain_clip,
     recipe_command,
+    same_image_loss,
 )
 from refground.vision.clip import ClipEncoder
 
@@ -47,6 +56,67 @@ def test_attribute_loss_is_low_only_for_the_right_labels() -> None:
     assert right.item() < 1e-6 < 10 < wrong.item()
 
 
+RED_STAR = TrainObject((0, 0, 1, 1), "red", "large", "star")
+RED_CROSS = TrainObject((0, 0, 1, 1), "red", "small", "cross")
+BLUE_STAR = TrainObject((0, 0, 1, 1), "blue", "small", "star")
+
+
+def test_a_description_fits_every_object_with_the_attributes_it_names() -> None:
+    red_thing = Description("the red thing", None, "red", None)
+    small_star = Description("small star", "small", None, "star")
+    assert fit_matrix([RED_STAR, RED_CROSS, BLUE_STAR], [red_thing, small_star]).tolist() == [
+        [True, False], [True, False], [False, True]]
+
+
+def test_descriptions_name_what_they_require() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        description = describe(BLUE_STAR, rng)
+        assert description.fits(BLUE_STAR)
+        words = description.text.split()
+        assert ("star" in words) == (description.shape == "star")
+        assert ("blue" in words) == (description.color == "blue")
+        assert ("small" in words) == (description.size == "small")
+        assert description.shape or description.color or description.size
+
+
+def test_one_word_variants_swap_the_referents_colour_or_shape() -> None:
+    variants = one_word_variants("the red circle left of the blue squares", 20, random.Random(0))
+    assert len(variants) == 16  # 9 other colours + 7 other shapes, the anchor untouched
+    for variant in variants:
+        words = variant.split()
+        assert words[3:] == ["left", "of", "the", "blue", "squares"]
+        assert (words[1] != "red") != (words[2] != "circle")  # exactly one of them swapped
+    assert one_word_variants("the second squares from the left", 2, random.Random(1))[0].endswith(
+        "s from the left")
+    assert one_word_variants("the object on the left", 3, random.Random(0)) == []
+
+
+def test_contrastive_loss_counts_every_fitting_pair_as_positive() -> None:
+    features = torch.eye(2)
+    both = torch.ones(2, 2, dtype=torch.bool)
+    # with both texts fitting both images, identical features are a perfect fit
+    same = contrastive_loss(torch.ones(2, 2) / 2 ** 0.5, torch.ones(2, 2) / 2 ** 0.5, both,
+                            torch.tensor(10.0))
+    own = contrastive_loss(features, features, torch.eye(2, dtype=torch.bool), torch.tensor(10.0))
+    assert same.item() == pytest.approx(math.log(2)) and own.item() < 1e-3
+
+
+def test_hard_negative_losses_contrast_within_an_image_and_against_one_word_copies() -> None:
+    crops = torch.eye(3)
+    fits = torch.eye(3, dtype=torch.bool)
+    scale = torch.tensor(20.0)
+    # descriptions 0/1 are one image, 2 another: 2's own crop is its only candidate
+    right = same_image_loss(crops, crops, fits, [(0, 2), (2, 1)], scale)
+    swapped = same_image_loss(crops, crops[[1, 0, 2]], fits, [(0, 2), (2, 1)], scale)
+    assert right.item() < 1e-6 and swapped.item() > 5
+    views, texts = torch.eye(2), torch.eye(2)
+    good = one_word_loss(views, texts, [texts[[1]], texts[[0]]], scale)
+    bad = one_word_loss(views, texts[[1, 0]], [texts[[0]], texts[[1]]], scale)
+    assert good.item() < 1e-6 and bad.item() > 5
+    assert one_word_loss(views, texts, [texts[:0], texts[:0]], scale).item() == 0
+
+
 def test_export_dtype_is_checked() -> None:
     with pytest.raises(ConfigError, match="export_dtype must be one of float16, float32"):
         PretrainConfig(export_dtype="int8")
@@ -57,7 +127,7 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     data = tmp_path / "synth"
     generate_synthref(data, seed=2, num_images=12)
     config = replace(PretrainConfig(), steps=3, images_per_step=2, eval_every=3, probe_weight=0.5,
-                     attribute_weight=1.0, exact_crop_share=0.5, **TINY)
+                     attribute_weight=0.5, exact_crop_share=0.25, **TINY)
     summary = pretrain_clip(data, tmp_path / "clip", config, log=lambda _: None)
     with safe_open(tmp_path / "clip" / "model.safetensors", "pt") as weights:
         dtypes = {weights.get_tensor(name).dtype for name in weights.keys()}  # noqa: SIM118
@@ -71,7 +141,8 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     assert record["data"]["scale"] == "small"
     assert [h["step"] for h in record["curve"]] == [1, 2, 3]
     assert all(h["loss_attribute"] > 0 for h in record["curve"])
-    assert "--set attribute_weight=1.0" in record["command"]
+    assert all(h["loss_hard"] > 0 for h in record["curve"])
+    assert "--set attribute_weight=0.5" in record["command"]
     assert "val_crop-rank" in record["history"][-1]
     assert record["command"].startswith(f"refground pretrain-clip --data {data} --out ")
     for flag in ("--steps 3", "--images-per-step 2", "--eval-every 3", "--set patch_size=8",

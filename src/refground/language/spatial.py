@@ -61,13 +61,16 @@ SIZE_SUPERLATIVES: dict[str, bool] = {
     "nearest": True, "smallest": False, "smaller": False, "tiniest": False,
     "farthest": False, "furthest": False,
 }
-#: Size adjectives, read as the superlative among the entity's own members: "the large red
-#: circle" is the largest of the red circles, whatever its size in pixels ("large" is relative
-#: to the things compared, in RefCOCO as in SynthRef's minimal descriptions). "medium" has no
-#: such reading with two members, so it is left to the scorer.
+#: Size adjectives, read as a size class among the entity's own members: "the small red
+#: circle" is one of the red circles that no other red circle is clearly smaller than, whatever
+#: its size in pixels ("small" is relative to the things compared, in RefCOCO as in SynthRef).
+#: Not "the smallest": "the small square left of the circle" may pick one of two small squares
+#: by the relation, and the slightly smaller one must not win by size. "medium" is a member
+#: with a clearly bigger and a clearly smaller one beside it (:func:`medium`).
 SIZE_ADJECTIVES: dict[str, str] = {
-    "large": "largest", "big": "largest", "huge": "largest", "giant": "largest",
-    "small": "smallest", "little": "smallest", "tiny": "smallest",
+    "large": "large", "big": "large", "huge": "large", "giant": "large",
+    "small": "small", "little": "small", "tiny": "small",
+    "medium": "medium", "mid-sized": "medium", "medium-sized": "medium",
 }
 REGIONS: dict[str, tuple[str, ...]] = {
     "on the left": ("left",), "on the right": ("right",), "at the top": ("top",),
@@ -83,6 +86,15 @@ _ORDINAL = re.compile(r"^(\w+) from the (left|right|top|bottom)$")
 # Softening constants (fractions of the larger object's side unless noted); see each user.
 ORDER_MARGIN = 0.25  # "j is further left than i" ramps over +-0.25 sides of centre offset
 SIZE_ORDER_MARGIN = 0.2  # log-area margin of "bigger": ratios within e^0.2 = 1.22 are unsure
+#: "Clearly bigger" for size classes, in log box side: ratios up to e^0.10 = 1.11 are the same
+#: class, from e^0.28 = 1.32 another (a ramp between). SynthRef's classes are at least 1.25x
+#: apart in side and vary by at most 1.25x within; typical pairs are 1.1x within, 1.6x across.
+SIZE_CLASS_GAP = (0.10, 0.28)
+#: Box side as a share of the image side (sqrt of the area share) that reads as medium-sized
+#: on its own, with soft edges: "medium" among two members (is it the smaller or the bigger
+#: one?) needs a scale, and the image is the only one there is. The band is where RefCOCO-scale
+#: SynthRef draws its medium class (96-120 px on 320-384 px canvases: 0.25-0.375).
+MEDIUM_SIDE_SHARE = ((0.20, 0.25), (0.42, 0.37))  # (0 at, 1 at) of the lower and upper edge
 CLOSER_RATIO = 1.15  # k is "closer" than i when its distance is 1.15x smaller (ramped)
 
 
@@ -356,6 +368,34 @@ def middle(members: Tensor, geometry: Geometry) -> Tensor:
     if dist.shape[1] < 3:  # no proposals at all
         return dist[:, centre]
     return dist[:, centre] + 0.5 * (dist[:, centre - 1] + dist[:, centre + 1])
+
+
+def _size_class_order(geometry: Geometry, largest: bool) -> Tensor:
+    """``[i, j]`` = P(j is a size class beyond i): bigger (``largest``) or smaller."""
+    log_side = 0.5 * geometry.areas.clamp(min=EPS).log()
+    beyond = log_side[None, :] - log_side[:, None]
+    return _off_diagonal(ramp(beyond if largest else -beyond, *SIZE_CLASS_GAP))
+
+
+def size_class(word: str, members: Tensor, geometry: Geometry) -> Tensor:
+    """P(i is of the size class ``word`` names, among the members): "large" / "small" when no
+    member is clearly bigger / smaller, "medium" by :func:`medium`."""
+    if word == "medium":
+        return medium(members, geometry)
+    return ordinal(members, _size_class_order(geometry, largest=word == "large"), 1)
+
+
+def medium(members: Tensor, geometry: Geometry) -> Tensor:
+    """"The medium star": P(a member is clearly bigger than i) * P(one is clearly smaller), the
+    middle of three or more; where that says nothing (two members: no one is in the middle),
+    half credit for a box of medium size relative to the image (:data:`MEDIUM_SIDE_SHARE`)."""
+    bigger = 1 - ordinal(members, _size_class_order(geometry, largest=True), 1)
+    smaller = 1 - ordinal(members, _size_class_order(geometry, largest=False), 1)
+    between = bigger * smaller
+    share = (geometry.areas / max(geometry.width * geometry.height, EPS)).sqrt()
+    (low_zero, low_one), (high_zero, high_one) = MEDIUM_SIDE_SHARE
+    prior = ramp(share, low_zero, low_one) * ramp(share, high_zero, high_one)
+    return between + (1 - between) * 0.5 * prior
 
 
 def band(position: Tensor) -> Tensor:

@@ -69,7 +69,7 @@ class ResolveConfig:
     temperature: float = 0.3
     modifier_weight: float = 1.0
     relation_weight: float = 1.0
-    size_words: bool = True  # "large"/"small" as the largest/smallest of the entity's members
+    size_words: bool = True  # "large"/"small"/"medium" as size classes among the members
 
 
 # --- membership ---------------------------------------------------------------------------------
@@ -207,10 +207,9 @@ class GraphResolver:
             self.used_modifiers.add((index, position))
             score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
         for position, word in size_adjectives(entity) if self.config.size_words else ():
-            values = spatial.modifier(spatial.SIZE_ADJECTIVES[word], self.geometry, members)
-            if values is not None:
-                self.used_modifiers.add((index, -1 - position))
-                score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
+            values = spatial.size_class(spatial.SIZE_ADJECTIVES[word], members, self.geometry)
+            self.used_modifiers.add((index, -1 - position))
+            score = score + self.config.modifier_weight * torch.log(values + LOG_FLOOR)
         between_objects: list[tuple[int, int]] = []
         inner = path | {index}
         for number, relation in enumerate(self.graph.relations):
@@ -343,9 +342,10 @@ class GraphResolve(Method):
     * ``modifier_weight`` / ``relation_weight``: multipliers of the geometric log terms;
     * ``entity_text``: ask the scorer about the entity's ``span`` as written ("the bigger of
       the two red squares") or just its ``noun`` ("red square");
-    * ``size_words``: read "large"/"big"/"small"/"little" among an entity's attributes as the
-      largest / smallest of its members (:data:`spatial.SIZE_ADJECTIVES`); a crop shows no
-      size, so CLIP cannot tell "the large red circle" from the small one.
+    * ``size_words``: read "large"/"big", "small"/"little" and "medium" among an entity's
+      attributes as size classes of its members (:func:`spatial.size_class`: no member clearly
+      bigger / smaller; one of each beside it); a crop shows no size, so CLIP cannot tell "the
+      large red circle" from the small one.
     """
 
     name = "graph-resolve"

@@ -4,9 +4,13 @@ No pretrained CLIP can be downloaded here, and a randomly initialised one ground
 trains a transformers ``CLIPModel`` (small, ViT vision tower) from scratch on two kinds of pairs,
 built from SynthRef **train** images only:
 
-* object crops <-> attribute descriptions ("a large blue hexagon", "red circle", "star") with a
-  symmetric InfoNCE loss whose targets treat identical descriptions as positives: this is what
-  ``crop-rank`` relies on;
+* object crops <-> attribute descriptions ("a large blue hexagon", "red circle", "the cyan
+  thing") with a symmetric InfoNCE loss whose positives are every crop a description fits
+  (a "cyan thing" fits every cyan crop): this is what ``crop-rank`` relies on;
+* hard negatives for both: each description against the crops of its own image only (SynthRef
+  puts same-category distractors in every image, so these share colour or shape with the
+  positive), and each marked view against its expression and copies of it that differ in one
+  word (the referent's colour or shape swapped);
 * marked whole-image views (the visual-prompt rendering: box sharp, background blurred /
   blurred+gray, red ellipse) <-> "This is <referring expression>": for each expression a
   softmax over the marked views of every object in its image, so the model learns to read the
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -53,15 +58,18 @@ EXPORT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Sizes and schedule; the defaults train in about ten minutes on two CPU cores."""
+    """Sizes and schedule; the defaults are the shipped synthref-clip's recipe (README)."""
 
-    steps: int = 4000
+    steps: int = 2000
     images_per_step: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 60
-    image_size: int = 112
-    patch_size: int = 16
+    # 96 px in 8-px patches: a 12x12 grid, so the median RefCOCO-scale referent (a quarter of
+    # the image side) spans about 3x3 patches of a whole-image view; 8-px patches also learn
+    # shapes on crops several times faster than 16-px ones (README, "The SynthRef CLIP")
+    image_size: int = 96
+    patch_size: int = 8
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -69,12 +77,14 @@ class PretrainConfig:
     max_length: int = 32
     crop_margin: float = 0.25  # crops take up to this much context around the box, at random
     grounding_weight: float = 1.0
-    # Off in the shipped recipe (the defaults reproduce the shipped synthref-clip); issue 12's
-    # retraining turns them on: the shipped CLIP cannot tell shapes apart (bench/clip_probe.py)
-    attribute_weight: float = 0.0  # crops classified among every colour x shape, shape, colour
-    probe_weight: float = 0.0  # linear shape/colour heads on the vision tower (not saved)
-    exact_crop_share: float = 0.0  # crops without margin, as crop-rank crops a proposal
-    eval_every: int = 1000
+    # in-batch contrast alone rarely puts a red square next to a red star, so a model lowers it
+    # with colour alone (the first shipped CLIP recognised shapes at 22%, chance 12.5%)
+    attribute_weight: float = 1.0  # crops classified among every colour x shape, shape, colour
+    probe_weight: float = 1.0  # linear shape/colour heads on the vision tower (not saved)
+    exact_crop_share: float = 0.5  # crops without margin, as crop-rank crops a proposal
+    hard_negative_weight: float = 1.0  # same-image crops; one-word-different expressions
+    one_word_variants: int = 3  # per expression, for the hard-negative loss
+    eval_every: int = 500
     eval_samples: int = 150
     debias_expressions: int = 2000
     seed: int = 0
@@ -122,11 +132,65 @@ def load_train_images(root: Path) -> list[TrainImage]:
     return images
 
 
-def describe(obj: TrainObject, rng: random.Random) -> str:
-    """A random attribute description of an object: any subset of size and colour, then shape."""
-    words = [w for w in (obj.size, obj.color) if rng.random() < 0.6] + [obj.shape]
+#: Nouns that stand for any shape ("the cyan thing"), as SynthRef's expressions use them.
+GENERIC_NOUNS = ("thing", "shape", "object", "one")
+
+
+@dataclass(frozen=True)
+class Description:
+    """An attribute description and what it asks of an object (None: anything)."""
+
+    text: str
+    size: str | None
+    color: str | None
+    shape: str | None
+
+    def fits(self, obj: TrainObject) -> bool:
+        return all(want is None or want == have for want, have in (
+            (self.size, obj.size), (self.color, obj.color), (self.shape, obj.shape)))
+
+
+def describe(obj: TrainObject, rng: random.Random) -> Description:
+    """A random attribute description of an object: any subset of size and colour, then its
+    shape, or (when a size or colour is named) sometimes a generic noun instead."""
+    size = obj.size if rng.random() < 0.6 else None
+    color = obj.color if rng.random() < 0.6 else None
+    shape: str | None = obj.shape
+    noun = obj.shape
+    if (size or color) and rng.random() < 0.25:
+        shape, noun = None, rng.choice(GENERIC_NOUNS)
     article = rng.choice(("a ", "the ", ""))
-    return article + " ".join(words)
+    text = article + " ".join(w for w in (size, color, noun) if w)
+    return Description(text, size, color, shape)
+
+
+def fit_matrix(objects: Sequence[TrainObject], descriptions: Sequence[Description]) -> Tensor:
+    """``[i, j]``: description ``j`` fits object ``i`` (the contrastive losses' positives)."""
+    return torch.tensor([[d.fits(o) for d in descriptions] for o in objects])
+
+
+_WORD_CHOICES = {"color": COLOR_NAMES, "shape": SHAPES}
+_WORDS = re.compile(r"\b(" + "|".join(COLOR_NAMES) + r")\b|\b(" + "|".join(SHAPES) + r")(s?)\b")
+
+
+def one_word_variants(expression: str, count: int, rng: random.Random) -> list[str]:
+    """Copies of ``expression`` with its first colour or first shape word (the referent's, in
+    SynthRef's grammar) swapped for another: descriptions of some other object."""
+    first: dict[str, re.Match[str]] = {}
+    for match in _WORDS.finditer(expression):
+        first.setdefault("color" if match.group(1) else "shape", match)
+    variants: set[str] = set()
+    kinds = sorted(first)
+    for _ in range(4 * count):
+        if not kinds or len(variants) >= count:
+            break
+        kind = rng.choice(kinds)
+        match = first[kind]
+        word = match.group(1) or match.group(2)
+        other = rng.choice([w for w in _WORD_CHOICES[kind] if w != word])
+        plural = (match.group(3) or "") if kind == "shape" else ""
+        variants.add(expression[:match.start()] + other + plural + expression[match.end():])
+    return sorted(variants)
 
 
 def jittered_crop(pixels: Tensor, box: BoxTuple, margin: float, rng: random.Random) -> Tensor:
@@ -164,8 +228,10 @@ class PretrainBatch:
                  rng: random.Random) -> None:
         crops, views = [], []
         self.objects: list[TrainObject] = []
-        self.descriptions: list[str] = []
+        self.descriptions: list[Description] = []
+        self.groups: list[tuple[int, int]] = []  # (first object, object count) of each image
         self.expressions: list[str] = []
+        self.variants: list[list[str]] = []  # one-word-different copies of each expression
         self.targets: list[tuple[int, int, int]] = []  # (view offset, object count, target)
         offset = 0
         for image in images:
@@ -182,20 +248,51 @@ class PretrainBatch:
             views.append(
                 render_views(pixels, boxes, one_background, preprocess, normalize=True)[:, 0])
             for target, texts in image.refs:
-                self.expressions.append(VIEW_PREFIX + rng.choice(texts))
+                expression = rng.choice(texts)
+                self.expressions.append(VIEW_PREFIX + expression)
+                self.variants.append([VIEW_PREFIX + v for v in one_word_variants(
+                    expression, config.one_word_variants, rng)] if config.hard_negative_weight
+                    else [])
                 self.targets.append((offset, len(image.objects), target))
+            self.groups.append((offset, len(image.objects)))
             offset += len(image.objects)
         self.crop_pixels = preprocess_tensor(crops, preprocess)
         self.view_pixels = torch.cat(views)
+        self.fits = fit_matrix(self.objects, self.descriptions)
 
 
-def contrastive_loss(image_features: Tensor, text_features: Tensor, texts: Sequence[str],
+def contrastive_loss(image_features: Tensor, text_features: Tensor, positives: Tensor,
                      scale: Tensor) -> Tensor:
-    """Symmetric InfoNCE where pairs with the same text are all positives."""
+    """Symmetric InfoNCE with many positives: ``positives[i, j]`` says text ``j`` fits image
+    ``i`` (every row and column holds at least its own pair)."""
     logits = scale * image_features @ text_features.T
-    same = torch.tensor([[a == b for b in texts] for a in texts], dtype=logits.dtype)
-    targets = same / same.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    targets = positives.to(logits.dtype)
+    return (F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
+            + F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))) / 2
+
+
+def same_image_loss(crop_features: Tensor, text_features: Tensor, positives: Tensor,
+                    groups: Sequence[tuple[int, int]], scale: Tensor) -> Tensor:
+    """Each description against the crops of its own image only: the hard negatives are the
+    objects beside it, often of its colour or shape, as crop-rank meets them."""
+    losses = []
+    for first, count in groups:
+        part = slice(first, first + count)
+        logits = scale * text_features[part] @ crop_features[part].T
+        targets = positives[part, part].T.to(logits.dtype)
+        losses.append(F.cross_entropy(logits, targets / targets.sum(1, keepdim=True)))
+    return torch.stack(losses).mean()
+
+
+def one_word_loss(target_views: Tensor, expression_features: Tensor,
+                  variant_features: Sequence[Tensor], scale: Tensor) -> Tensor:
+    """Each expression's marked target view against the expression (class 0) and its
+    one-word-different copies."""
+    losses = [F.cross_entropy((scale * torch.cat((text[None], variants)) @ view)[None],
+                              torch.zeros(1, dtype=torch.long))
+              for view, text, variants in zip(target_views, expression_features,
+                                              variant_features, strict=True) if len(variants)]
+    return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
 def attribute_texts() -> dict[str, list[str]]:
@@ -346,25 +443,35 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
         pixels = torch.cat((batch.crop_pixels, batch.view_pixels))
         pooled = model.vision_model(pixel_values=pixels).pooler_output
         image_features = normalized(model.visual_projection(pooled))
-        texts = batch.descriptions + batch.expressions + label_texts
+        variant_texts = [text for variants in batch.variants for text in variants]
+        texts = ([d.text for d in batch.descriptions] + batch.expressions + variant_texts
+                 + label_texts)
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length,
                            return_tensors="pt")
         all_text_features = normalized(model.text_projection(
             model.text_model(**tokens).pooler_output))
-        text_features, *label_parts = all_text_features.split(
-            [len(texts) - len(label_texts), *(len(texts) for texts in labels.values())])
+        crops = len(batch.descriptions)
+        text_features, expression_features, variant_features, *label_parts = (
+            all_text_features.split([crops, len(batch.expressions), len(variant_texts),
+                                     *(len(texts) for texts in labels.values())]))
         label_features = dict(zip(labels, label_parts, strict=True))
         scale = model.logit_scale.exp().clamp(max=100)
-        crops = len(batch.descriptions)
-        loss_crop = contrastive_loss(image_features[:crops], text_features[:crops],
-                                     batch.descriptions, scale)
-        loss_ground = grounding_loss(image_features[crops:], text_features[crops:],
-                                     batch.targets, scale)
+        crop_features, view_features = image_features[:crops], image_features[crops:]
+        loss_crop = contrastive_loss(crop_features, text_features, batch.fits, scale)
+        loss_ground = grounding_loss(view_features, expression_features, batch.targets, scale)
         targets = attribute_targets(batch.objects)
-        loss_attribute = attribute_loss(image_features[:crops], label_features, targets, scale
+        loss_attribute = attribute_loss(crop_features, label_features, targets, scale
                                         ) if config.attribute_weight else torch.zeros(())
+        loss_hard = torch.zeros(())
+        if config.hard_negative_weight:
+            target_views = view_features[[offset + target for offset, _, target in batch.targets]]
+            loss_hard = (same_image_loss(crop_features, text_features, batch.fits, batch.groups,
+                                         scale)
+                         + one_word_loss(target_views, expression_features, variant_features.split(
+                             [len(v) for v in batch.variants]), scale)) / 2
         loss = (loss_crop + config.grounding_weight * loss_ground
-                + config.attribute_weight * loss_attribute)
+                + config.attribute_weight * loss_attribute
+                + config.hard_negative_weight * loss_hard)
         if config.probe_weight:
             # supervised heads make the vision tower encode shape whatever the text side does:
             # contrast alone can settle where neither tower distinguishes shapes
@@ -378,11 +485,12 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
         scheduler.step()
         history.append({"step": step + 1, "loss_crop": loss_crop.item(),
                         "loss_ground": loss_ground.item(),
-                        "loss_attribute": loss_attribute.item(), "lr": scheduler.get_last_lr()[0]})
+                        "loss_attribute": loss_attribute.item(), "loss_hard": loss_hard.item(),
+                        "lr": scheduler.get_last_lr()[0]})
         if (step + 1) % 25 == 0 or step == 0:
             elapsed = time.perf_counter() - start
             log(f"step {step + 1}/{config.steps}  crop {loss_crop.item():.3f}  "
-                f"attr {loss_attribute.item():.3f}  "
+                f"attr {loss_attribute.item():.3f}  hard {loss_hard.item():.3f}  "
                 f"ground {loss_ground.item():.3f}  scale {scale.item():.1f}  {elapsed:.0f}s")
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             accuracy = validate(model, tokenizer, processor, val_subset)

@@ -4,7 +4,7 @@ Scenes of coloured shapes on textured backgrounds, with expressions of five type
 position, relation, comparative, ordinal), each carrying its gold scene graph and checked to
 name exactly one object. Splits train / val / test / testC (held-out colour-shape
 combinations) / testR (relations only). Object sizes relative to the image are a named scale
-(:mod:`~refground.data.synth.scales`: ``small``, the default, or ``refcoco``). Load it with
+(:mod:`~refground.data.synth.scales`: ``refcoco``, the default, or ``small``). Load it with
 ``refground.data.refer.load_refer_split(out_dir, "synthref", "synth", split)``.
 """
 

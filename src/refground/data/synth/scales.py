@@ -1,15 +1,17 @@
 """SynthRef scales: how big objects are relative to the image, as named, frozen scene settings.
 
-``small``
-    The original SynthRef layout: 320-640 px canvases, nominal sides 24-76 px, so the median
-    referent box covers under 1% of the image. The shipped SynthRef CLIP was trained on it,
-    which is why it stays the default until that CLIP is retrained.
-``refcoco``
+``refcoco`` (the default)
     Referents as large, relative to the image, as RefCOCOg's people, animals, vehicles and
     furniture: 320-384 px canvases, nominal sides 60-192 px, median referent box about 6% of
-    the image, almost all above 2%, some above 20%. Eight such objects cannot share a canvas
-    at random sizes, so a fill budget makes crowded scenes draw smaller classes (as a photo
-    of many things is taken from further away) and the biggest objects are placed first.
+    the image, almost all above 2%, some above 20%. The shipped ``synthref-clip`` is trained
+    on it. Eight such objects cannot share a canvas at random sizes, so a fill budget makes
+    crowded scenes draw smaller classes (as a photo of many things is taken from further
+    away) and the biggest objects are placed first.
+``small``
+    The original SynthRef layout, kept as a stress setting: 320-640 px canvases, nominal sides
+    24-76 px, so the median referent box covers under 1% of the image (under one patch of a
+    whole-image CLIP view). The first SynthRef CLIP (``synthref-clip-small``) and the shipped
+    ``synthref-erpa`` were trained on it.
 
 A scale is only scene geometry; expressions, splits and rendering are the same for every
 scale, and every spatial rule in :mod:`~refground.data.synth.expressions` is relative to
@@ -25,9 +27,8 @@ from typing import Any
 from refground.data.synth.scenes import SceneConfig
 from refground.errors import ConfigError
 
-# The one place the default scale lives (the CLI and generate_synthref read it). It flips to
-# "refcoco" together with a SynthRef CLIP retrained on that scale.
-DEFAULT_SCALE = "small"
+# The one place the default scale lives (the CLI and generate_synthref read it).
+DEFAULT_SCALE = "refcoco"
 
 SCALES: Mapping[str, SceneConfig] = MappingProxyType({
     "small": SceneConfig(),
