@@ -139,7 +139,7 @@ def test_bad_images_are_refused(grounder: Grounder, samples: list[Sample],
 
 
 @pytest.mark.parametrize(("boxes", "message"), [
-    ([[0, 0, 700, 10]], r"lies outside the 640x\d+ image"),
+    ([[0, 0, 700, 10]], r"lies outside the \d+x\d+ image"),
     ([[-1, 0, 10, 10]], "lies outside"),
     ([[50, 50, 10, 60]], "x1 >= x0"),
     ([[0, 0, 10, float("nan")]], "NaN"),
@@ -151,7 +151,7 @@ def test_bad_images_are_refused(grounder: Grounder, samples: list[Sample],
 def test_bad_boxes_are_refused(grounder: Grounder, samples: list[Sample], boxes: object,
                                message: str) -> None:
     sample = samples[0]
-    assert sample.width == 640
+    assert sample.width < 700
     with pytest.raises(BoxError, match=message):
         grounder.ground(sample.image_path, sample.expression, boxes)  # type: ignore[arg-type]
 

@@ -138,14 +138,14 @@ def test_a_short_run_saves_a_loadable_float16_clip_and_its_recipe(
     assert record == json.loads(json.dumps(summary))
     assert record["export"] == {"dtype": "float16"}
     assert record["data"]["seed"] == 2 and record["data"]["images"] == 12
-    assert record["data"]["scale"] == "small"
+    assert record["data"]["scale"] == "refcoco"  # the default
     assert [h["step"] for h in record["curve"]] == [1, 2, 3]
     assert all(h["loss_attribute"] > 0 for h in record["curve"])
     assert all(h["loss_hard"] > 0 for h in record["curve"])
     assert "--set attribute_weight=0.5" in record["command"]
     assert "val_crop-rank" in record["history"][-1]
     assert record["command"].startswith(f"refground pretrain-clip --data {data} --out ")
-    for flag in ("--steps 3", "--images-per-step 2", "--eval-every 3", "--set patch_size=8",
+    for flag in ("--steps 3", "--images-per-step 2", "--eval-every 3", "--set image_size=32",
                  "--set hidden_size=32"):
         assert flag in record["command"]
     assert record["config"]["probe_weight"] == 0.5
