@@ -13,7 +13,6 @@ by the size word it holds (large/big, small/little, medium).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from refground.evaluate.records import EvalRecord
+from refground.evaluate.runner import read_predictions
 
 SIZE_WORDS = {"large": "large/big", "big": "large/big", "small": "small/little",
               "little": "small/little", "medium": "medium"}
@@ -32,9 +32,7 @@ def size_word(expression: str) -> str | None:
 
 
 def load_records(path: Path) -> list[EvalRecord]:
-    file = path / "predictions.jsonl" if path.is_dir() else path
-    with open(file, encoding="utf-8") as stream:
-        return [EvalRecord.from_json(json.loads(line)) for line in stream if line.strip()]
+    return read_predictions(path / "predictions.jsonl" if path.is_dir() else path)
 
 
 ROWS: dict[str, Callable[[EvalRecord], bool]] = {

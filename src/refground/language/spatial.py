@@ -389,9 +389,8 @@ def medium(members: Tensor, geometry: Geometry) -> Tensor:
     """"The medium star": P(a member is clearly bigger than i) * P(one is clearly smaller), the
     middle of three or more; where that says nothing (two members: no one is in the middle),
     half credit for a box of medium size relative to the image (:data:`MEDIUM_SIDE_SHARE`)."""
-    bigger = 1 - ordinal(members, _size_class_order(geometry, largest=True), 1)
-    smaller = 1 - ordinal(members, _size_class_order(geometry, largest=False), 1)
-    between = bigger * smaller
+    between = (1 - size_class("large", members, geometry)) * (
+        1 - size_class("small", members, geometry))
     share = (geometry.areas / max(geometry.width * geometry.height, EPS)).sqrt()
     (low_zero, low_one), (high_zero, high_one) = MEDIUM_SIDE_SHARE
     prior = ramp(share, low_zero, low_one) * ramp(share, high_zero, high_one)

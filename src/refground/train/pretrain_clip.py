@@ -261,14 +261,19 @@ class PretrainBatch:
         self.fits = fit_matrix(self.objects, self.descriptions)
 
 
+def many_positive_cross_entropy(logits: Tensor, positives: Tensor) -> Tensor:
+    """Cross-entropy of each row against the uniform distribution over its positives."""
+    targets = positives.to(logits.dtype)
+    return F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
+
+
 def contrastive_loss(image_features: Tensor, text_features: Tensor, positives: Tensor,
                      scale: Tensor) -> Tensor:
     """Symmetric InfoNCE with many positives: ``positives[i, j]`` says text ``j`` fits image
     ``i`` (every row and column holds at least its own pair)."""
     logits = scale * image_features @ text_features.T
-    targets = positives.to(logits.dtype)
-    return (F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
-            + F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))) / 2
+    return (many_positive_cross_entropy(logits, positives)
+            + many_positive_cross_entropy(logits.T, positives.T)) / 2
 
 
 def same_image_loss(crop_features: Tensor, text_features: Tensor, positives: Tensor,
@@ -279,8 +284,7 @@ def same_image_loss(crop_features: Tensor, text_features: Tensor, positives: Ten
     for first, count in groups:
         part = slice(first, first + count)
         logits = scale * text_features[part] @ crop_features[part].T
-        targets = positives[part, part].T.to(logits.dtype)
-        losses.append(F.cross_entropy(logits, targets / targets.sum(1, keepdim=True)))
+        losses.append(many_positive_cross_entropy(logits, positives[part, part].T))
     return torch.stack(losses).mean()
 
 
