@@ -142,10 +142,12 @@ def test_resume_after_sigkill_ends_with_identical_weights(synth_root: Path,
     configs = {}
     for name in ("straight", "killed"):
         data = tiny_config(synth_root, tmp_path / name, num_workers=2)
+        data["options"]["cache_pixels"] = True  # the cache in use, built by the first run
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(data))
     straight = run_child(configs["straight"])
     assert straight.returncode == 0, straight.stderr
+    assert list((synth_root / "synthref" / "features").glob("tiny-pixels-*.json"))
     killed = run_child(configs["killed"], "--kill-at-step", "12")
     assert killed.returncode == -9, killed.stderr  # SIGKILL
     saved = read_trainer_state(tmp_path / "killed" / "checkpoints" / "last")["counters"]

@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from refground.methods.trainable import (
     target_boxes,
 )
 from refground.types import Sample
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_key
+from refground.vision.feature_groups import pixel_group
 
 
 class TinyConfig(MethodConfig):
@@ -41,6 +43,7 @@ class TinyConfig(MethodConfig):
     vocab: int = 64
     dropout: float = 0.1
     nan_word: str | None = None
+    cache_pixels: bool = False  # read the pixels from a feature cache (as regressor does)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class TinyCollator:
     image_size: int
     vocab: int
     nan_word: str | None
+    features: dict[str, FeatureTable] = field(default_factory=dict)
+
+    def pixels(self, paths: Sequence[Path]) -> Tensor:
+        return torch.stack([image_tensor(p, self.image_size) for p in paths])
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         words = [s.expression.lower().split() for s in samples]
@@ -57,7 +64,7 @@ class TinyCollator:
             for col, word in enumerate(sentence):
                 ids[row, col] = 1 + zlib.crc32(word.encode()) % (self.vocab - 1)
         batch: Batch = {
-            "pixels": torch.stack([image_tensor(s, self.image_size) for s in samples]),
+            "pixels": self.cached_pixels(samples),
             "ids": ids, "size": image_sizes(samples),
             "poison": torch.tensor([self.nan_word in w for w in words]),
         }
@@ -65,6 +72,13 @@ class TinyCollator:
         if target is not None:
             batch["target"] = target
         return batch
+
+    def cached_pixels(self, samples: Sequence[Sample]) -> Tensor:
+        table = self.features.get("tiny-pixels")
+        keys = [image_key(s.image_path) for s in samples]
+        if table is not None and table.has_all(keys):
+            return table.gather(keys)["pixels"]
+        return self.pixels([s.image_path for s in samples])
 
 
 class TinyModel(nn.Module):
@@ -86,12 +100,26 @@ class TinyMethod(TrainableMethod):
     name = "tiny-test"
     config_type = TinyConfig
 
+    def __init__(self, config: TinyConfig, model: TinyModel, device: DeviceSpec = AUTO) -> None:
+        super().__init__(config, model, device)
+        self.features: dict[str, FeatureTable] = {}
+
     @classmethod
     def build(cls, config: Any, device: DeviceSpec = AUTO) -> TinyMethod:
         return cls(config, TinyModel(config), device)
 
     def collator(self) -> TinyCollator:
-        return TinyCollator(self.config.image_size, self.config.vocab, self.config.nan_word)
+        return TinyCollator(self.config.image_size, self.config.vocab, self.config.nan_word,
+                            self.features)
+
+    def feature_groups(self) -> list[FeatureGroup]:
+        if not self.config.cache_pixels:
+            return []
+        return [pixel_group("tiny-pixels", {"size": self.config.image_size},
+                            self.collator().pixels)]
+
+    def use_features(self, tables: Mapping[str, FeatureTable]) -> None:
+        self.features.update(tables)
 
     def loss(self, batch: Batch, outputs: Tensor) -> dict[str, Tensor]:
         loss = F.smooth_l1_loss(outputs.float(), batch["target"], beta=0.1)

@@ -231,6 +231,34 @@ def train(
                       f"{train_config.out / 'checkpoints'} (evaluate with -o checkpoint=...)")
 
 
+@app.command("cache-features")
+def cache_features_command(
+    config: Annotated[Path, typer.Option(help="Training YAML (see configs/).")],
+    split: Annotated[list[str], typer.Option(
+        help="Another split to cache besides the config's train and val (repeatable).")] = [],  # noqa: B006
+    override: Annotated[list[str], typer.Option(
+        "--set", help="Override a config value: section.key=value (repeatable).")] = [],  # noqa: B006
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Compute a training config's frozen features once (beside the dataset); `train` reads
+    them instead of images, and builds them itself when they are missing."""
+    from rich.table import Table
+
+    from refground.train.cache import build_cache
+
+    tables = build_cache(_load_train_config(config, override), split, log=console.print,
+                         progress=progress)
+    if not tables:
+        console.print("this method's configuration caches nothing (a fine-tuned backbone or a "
+                      "detector proposer); training reads images")
+        return
+    table = Table("group", "rows", "MB", "file")
+    for name, features in tables.items():
+        table.add_row(name, str(len(features.keys)),
+                      f"{features.path.stat().st_size / 2**20:.1f}", str(features.path))
+    console.print(table)
+
+
 @app.command()
 def tune(
     config: Annotated[Path, typer.Option(help="Training YAML with a tune: section.")],

@@ -23,9 +23,10 @@ query. The frozen text tower is not saved in checkpoints: it is rebuilt from the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -48,6 +49,8 @@ from refground.methods.trainable import (
 )
 from refground.train.matching import hungarian_match, set_loss
 from refground.types import Sample
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_key
+from refground.vision.feature_groups import pixel_group, token_group
 from refground.vision.text_encoders import (
     DEFAULT_TEXT_MODELS,
     TEXT_ENCODERS,
@@ -299,7 +302,9 @@ class DetrModel(FrozenPartModel):
         dtype = image.dtype
         image_pos = sine_positions_2d(height, width, image.shape[-1], image.device)
         mask = batch["attention_mask"].bool()
-        text = self.text_proj(self.encode_text(batch["input_ids"], mask.long())).to(dtype)
+        states = (batch["text_states"] if "text_states" in batch  # from the feature cache
+                  else self.encode_text(batch["input_ids"], mask.long()))
+        text = self.text_proj(states).to(dtype)
 
         tokens = torch.cat((image, text), dim=1)
         pos = torch.cat((image_pos.to(dtype)[None].expand(size, -1, -1),
@@ -334,21 +339,52 @@ class DetrCollator:
     tokenizer: Any
     image_size: int
     max_length: int
+    features: dict[str, FeatureTable] = field(default_factory=dict)
 
-    def __call__(self, samples: Sequence[Sample]) -> Batch:
-        pixels = torch.stack([image_tensor(s, self.image_size) for s in samples])
+    def pixels(self, paths: Sequence[Path]) -> Tensor:
         mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
-        tokens = self.tokenizer([s.expression for s in samples], padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        batch: Batch = {"pixels": (pixels - mean) / std,
-                        "input_ids": tokens["input_ids"],
-                        "attention_mask": tokens["attention_mask"],
-                        "size": image_sizes(samples)}
+        return (torch.stack([image_tensor(p, self.image_size) for p in paths]) - mean) / std
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        batch = self.cached(samples) if self.features else None
+        if batch is None:
+            tokens = self.tokenizer([s.expression for s in samples], padding=True,
+                                    truncation=True, max_length=self.max_length,
+                                    return_tensors="pt")
+            batch = {"pixels": self.pixels([s.image_path for s in samples]),
+                     "input_ids": tokens["input_ids"],
+                     "attention_mask": tokens["attention_mask"]}
+        batch["size"] = image_sizes(samples)
         target = target_boxes(samples)
         if target is not None:
             batch["target"] = target
         return batch
+
+    def cached(self, samples: Sequence[Sample]) -> Batch | None:
+        """Pixels (and, with a frozen text tower, token states) from the feature tables, or
+        None when a row is missing."""
+        images = [image_key(s.image_path) for s in samples]
+        texts = [s.expression for s in samples]
+        pixels, tokens = self.features[DETR_PIXELS], self.features.get(DETR_TOKENS)
+        if not pixels.has_all(images) or (tokens is not None and not tokens.has_all(texts)):
+            return None
+        batch: Batch = {"pixels": pixels.gather(images)["pixels"]}
+        if tokens is None:
+            encoded = self.tokenizer(texts, padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+            batch.update(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+        else:
+            rows = tokens.gather(texts)
+            mask = rows["mask"].bool()
+            length = int(mask.sum(1).max())  # the batch's longest text, as padding=True gives
+            batch.update(text_states=rows["states"][:, :length],
+                         attention_mask=mask[:, :length].long())
+        return batch
+
+
+DETR_PIXELS = "detr-pixels"
+DETR_TOKENS = "detr-text-tokens"
 
 
 # --- the method -------------------------------------------------------------------------------
@@ -374,8 +410,26 @@ class DetrMethod(TrainableMethod):
         return cls(config, model, DetrCollator(text.tokenizer, config.image_size,
                                                text.max_length), device)
 
-    def collator(self) -> Callable[[Sequence[Sample]], Batch]:
+    def collator(self) -> DetrCollator:
         return self._collator
+
+    def feature_groups(self) -> list[FeatureGroup]:
+        """The backbone's preprocessed pixels per image (the backbone itself trains) and,
+        with a frozen text tower, its token states per expression."""
+        collate = self._collator
+        groups = [pixel_group(DETR_PIXELS, {"size": collate.image_size, "resample": "bicubic",
+                                            "mean": PIXEL_MEAN, "std": PIXEL_STD},
+                              collate.pixels)]
+        if self.config.freeze_text:
+            model = self.model
+            assert isinstance(model, DetrModel)
+            groups.append(token_group(DETR_TOKENS, model.text_encoder, collate.tokenizer,
+                                      collate.max_length, {"kind": self.config.text_encoder,
+                                                           "name": self.config.text_model}))
+        return groups
+
+    def use_features(self, tables: Mapping[str, FeatureTable]) -> None:
+        self._collator.features.update(tables)
 
     def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Weighted Hungarian set loss of the last decoder layer plus (``aux_loss``) the others.

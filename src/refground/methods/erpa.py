@@ -88,7 +88,18 @@ from refground.methods.trainable import (
     trainable_factory,
 )
 from refground.types import Candidate, Entity, Prediction, Sample, SceneGraph
-from refground.vision.clip import ClipEncoder, CLIPModel
+from refground.vision.clip import ClipEncoder, CLIPModel, clip_image_features, clip_text_features
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_key
+from refground.vision.feature_groups import (
+    CLIP_CROPS,
+    CLIP_IMAGES,
+    CLIP_TEXTS,
+    clip_crop_group,
+    clip_identity,
+    clip_image_group,
+    clip_text_group,
+    crop_key,
+)
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
     crop_box,
@@ -123,6 +134,9 @@ class ErpaConfig(MethodConfig):
     encoder_layers: int = Field(2, ge=1)
     ffn_ratio: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    #: dropout on the cross-attention probabilities; off by default: on the CPU its mask
+    #: (batch x heads x queries x patches) cost 30% of a training step
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     layer_scale: float = Field(0.1, gt=0.0)
     sigma_scale: float = Field(0.5, gt=0.0)
     min_sigma: float = Field(0.02, gt=0.0)
@@ -262,6 +276,7 @@ class ErpaCollator:
     preprocess: ClipPreprocessConfig
     crop_preprocess: ClipPreprocessConfig
     graph_cache: dict[str, SceneGraph] = field(default_factory=dict, repr=False)
+    features: dict[str, FeatureTable] = field(default_factory=dict, repr=False)
 
     def detections(self, images: Sequence[Image.Image], samples: Sequence[Sample],
                    graphs: Sequence[SceneGraph]) -> list[list[Proposals]]:
@@ -279,34 +294,45 @@ class ErpaCollator:
                 per_sample[i].append(top_k(props, self.config.top_k))
         return per_sample
 
+    def graphs(self, samples: Sequence[Sample]) -> list[SceneGraph]:
+        return [truncate_graph(g, self.config.max_entities) for g in
+                sample_graphs(samples, self.config.graphs, self.config.parser_backend,
+                              self.graph_cache)]
+
+    def texts(self, samples: Sequence[Sample]) -> list[str]:
+        """Every text the batch's queries embed: entity spans, predicates, modifiers."""
+        return graph_texts(self.graphs(samples))
+
+    def gt_detections(self, samples: Sequence[Sample],
+                      graphs: Sequence[SceneGraph]) -> list[list[Proposals]]:
+        """``detections`` for the gt proposer, from the annotations alone (no pixels)."""
+        assert isinstance(self.proposer, GroundTruthProposer)
+        found = [top_k(self.proposer.propose_sample(s), self.config.top_k) for s in samples]
+        return [[props] * len(g.entities) for props, g in zip(found, graphs, strict=True)]
+
     def __call__(self, samples: Sequence[Sample]) -> Batch:
-        decoded: dict[Path, Image.Image] = {}
-        for sample in samples:
-            if sample.image_path not in decoded:
-                decoded[sample.image_path] = load_image(sample.image_path)
-        images = [decoded[s.image_path] for s in samples]
-        graphs = [truncate_graph(g, self.config.max_entities) for g in
-                  sample_graphs(samples, self.config.graphs, self.config.parser_backend,
-                                self.graph_cache)]
-        texts = sorted({e.span for g in graphs for e in g.entities}
-                       | {r.predicate for g in graphs for r in g.relations}
-                       | {m for g in graphs for e in g.entities
-                          if (m := modifier_text(e)) is not None})
+        graphs = self.graphs(samples)
+        texts = graph_texts(graphs)
+        batch = self.cached(samples, graphs, texts) if self.features else None
+        if batch is None:
+            batch = self.computed(samples, graphs, texts)
+        target = target_boxes(samples)
+        if target is not None:
+            batch["target"] = target
+        return batch
+
+    def layout(self, samples: Sequence[Sample], graphs: Sequence[SceneGraph],
+               texts: Sequence[str], detections: Sequence[Sequence[Proposals]],
+               image_keys: Sequence[str]) -> tuple[Batch, list[GraphLayout]]:
+        """The padded node and edge tensors every batch has, however its features come."""
         text_index = {text: i for i, text in enumerate(texts)}
         layouts = [layout_graph(g, props, s.width, s.height, text_index, self.config.max_edges)
-                   for g, props, s in zip(graphs, self.detections(images, samples, graphs),
-                                          samples, strict=True)]
-        tokens = self.tokenizer(texts, padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        pixels = {path: pil_to_tensor(image) for path, image in decoded.items()}
-        image_slot = {path: slot for slot, path in enumerate(pixels)}
+                   for g, props, s in zip(graphs, detections, samples, strict=True)]
+        image_slot = {key: slot for slot, key in enumerate(dict.fromkeys(image_keys))}
         node_boxes, node_mask = pad_stack([lay.node_boxes for lay in layouts], 0.5)
         edge_nodes, edge_mask = pad_stack([lay.edge_nodes for lay in layouts])
         batch: Batch = {
-            "pixels": preprocess_tensor(list(pixels.values()), self.preprocess),
-            "image_index": torch.tensor([image_slot[s.image_path] for s in samples]),
-            "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"],
+            "image_index": torch.tensor([image_slot[key] for key in image_keys]),
             "node_boxes": node_boxes,
             "node_pixels": pad_stack([lay.node_pixels for lay in layouts])[0],
             "node_scores": pad_stack([lay.node_scores for lay in layouts])[0],
@@ -319,31 +345,83 @@ class ErpaCollator:
             "edge_mask": edge_mask,
             "size": image_sizes(samples),
         }
+        return batch, layouts
+
+    def computed(self, samples: Sequence[Sample], graphs: Sequence[SceneGraph],
+                 texts: Sequence[str]) -> Batch:
+        decoded: dict[Path, Image.Image] = {}
+        for sample in samples:
+            if sample.image_path not in decoded:
+                decoded[sample.image_path] = load_image(sample.image_path)
+        images = [decoded[s.image_path] for s in samples]
+        keys = [str(s.image_path) for s in samples]
+        batch, layouts = self.layout(samples, graphs, texts,
+                                     self.detections(images, samples, graphs), keys)
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        pixels = {path: pil_to_tensor(image) for path, image in decoded.items()}
+        batch["pixels"] = preprocess_tensor(list(pixels.values()), self.preprocess)
+        batch["input_ids"] = tokens["input_ids"]
+        batch["attention_mask"] = tokens["attention_mask"]
         if self.config.node_crops:
             batch["crops"], batch["node_crop"] = self.crops(
                 [pixels[s.image_path] for s in samples],
-                [lay.node_pixels for lay in layouts], [str(s.image_path) for s in samples])
-        target = target_boxes(samples)
-        if target is not None:
-            batch["target"] = target
+                [lay.node_pixels for lay in layouts], keys)
+        return batch
+
+    def cached(self, samples: Sequence[Sample], graphs: Sequence[SceneGraph],
+               texts: Sequence[str]) -> Batch | None:
+        """The batch from the feature tables (gt proposals only), or None when a row is
+        missing."""
+        if not isinstance(self.proposer, GroundTruthProposer):
+            return None
+        keys = [image_key(s.image_path) for s in samples]
+        images, words = self.features[CLIP_IMAGES], self.features[CLIP_TEXTS]
+        if not (images.has_all(keys) and words.has_all(texts)):
+            return None
+        batch, layouts = self.layout(samples, graphs, texts, self.gt_detections(samples, graphs),
+                                     keys)
+        if self.config.node_crops:
+            crops = self.features[CLIP_CROPS]
+            index: dict[str, int] = {}
+            node_crop = []
+            for key, layout in zip(keys, layouts, strict=True):
+                rows = [index.setdefault(crop_key(key, box), len(index))
+                        for box in layout.node_pixels]
+                node_crop.append(torch.tensor(rows, dtype=torch.long))
+            if not crops.has_all(index):
+                return None
+            batch["crop_embeds"] = crops.gather(list(index))["embeds"]
+            batch["node_crop"] = pad_stack(node_crop)[0]
+        text_rows = words.gather(list(texts))
+        batch["patches"] = images.gather(list(dict.fromkeys(keys)))["patches"]
+        batch["text_pooled"], batch["text_embeds"] = text_rows["pooled"], text_rows["embeds"]
         return batch
 
     def crops(self, images: Sequence[Tensor], node_pixels: Sequence[Tensor],
               keys: Sequence[str]) -> tuple[Tensor, Tensor]:
         """CLIP-ready crops of every distinct (image, box) and each node's crop index."""
-        index: dict[tuple[str, bytes], int] = {}
+        index: dict[str, int] = {}
         cut: list[Tensor] = []
         node_crop = []
         for image, boxes, key in zip(images, node_pixels, keys, strict=True):
             rows = []
             for box in boxes:
-                crop_key = (key, box.numpy().tobytes())
-                if crop_key not in index:
-                    index[crop_key] = len(cut)
+                name = crop_key(key, box)
+                if name not in index:
+                    index[name] = len(cut)
                     cut.append(crop_box(image, box))
-                rows.append(index[crop_key])
+                rows.append(index[name])
             node_crop.append(torch.tensor(rows, dtype=torch.long))
         return preprocess_tensor(cut, self.crop_preprocess), pad_stack(node_crop)[0]
+
+
+def graph_texts(graphs: Sequence[SceneGraph]) -> list[str]:
+    """The distinct texts of a batch's graphs, sorted: spans, predicates, modifiers."""
+    return sorted({e.span for g in graphs for e in g.entities}
+                  | {r.predicate for g in graphs for r in g.relations}
+                  | {m for g in graphs for e in g.entities
+                     if (m := modifier_text(e)) is not None})
 
 
 def top_k(proposals: Proposals, k: int) -> Proposals:
@@ -407,12 +485,14 @@ class MaskedCrossAttention(nn.Module):
         self.key_value = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, queries: Tensor, keys: Tensor, bias: Tensor) -> Tensor:
+    def forward(self, queries: Tensor, keys: Tensor, bias: Tensor, image_index: Tensor) -> Tensor:
+        """``keys`` are per *image* ``(I, P, dim)``, ``image_index`` each sample's image: the
+        key/value projection runs once per image, not once per expression of it."""
         batch, count, dim = queries.shape
         heads = self.heads
         q = self.query(queries).view(batch, count, heads, dim // heads).transpose(1, 2)
-        k, v = self.key_value(keys).view(batch, keys.shape[1], 2, heads,
-                                         dim // heads).permute(2, 0, 3, 1, 4)
+        k, v = self.key_value(keys)[image_index].view(batch, keys.shape[1], 2, heads,
+                                                      dim // heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.unsqueeze(1).to(q.dtype),
             dropout_p=self.dropout if self.training else 0.0)
@@ -427,16 +507,16 @@ class DecoderLayer(nn.Module):
         dim = config.hidden
         self.norm_query = nn.LayerNorm(dim)
         self.norm_keys = nn.LayerNorm(dim)
-        self.attention = MaskedCrossAttention(dim, config.heads, config.dropout)
+        self.attention = MaskedCrossAttention(dim, config.heads, config.attention_dropout)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_ratio * dim), nn.GELU(),
                                  nn.Dropout(config.dropout), nn.Linear(config.ffn_ratio * dim, dim))
         self.scale_attention = nn.Parameter(torch.full((dim,), config.layer_scale))
         self.scale_ffn = nn.Parameter(torch.full((dim,), config.layer_scale))
 
-    def forward(self, queries: Tensor, keys: Tensor, bias: Tensor) -> Tensor:
+    def forward(self, queries: Tensor, keys: Tensor, bias: Tensor, image_index: Tensor) -> Tensor:
         queries = queries + self.scale_attention * self.attention(
-            self.norm_query(queries), self.norm_keys(keys), bias)
+            self.norm_query(queries), self.norm_keys(keys), bias, image_index)
         return queries + self.scale_ffn * self.ffn(self.norm_ffn(queries))
 
 
@@ -488,25 +568,25 @@ class ErpaModel(FrozenPartModel):
         self.freeze_part("clip", config.freeze_clip, unused)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Patch tokens ``(B, P, hidden)`` (per sample), text embeddings ``(T, hidden)`` and,
+        """Patch tokens ``(I, P, hidden)`` (per image), text embeddings ``(T, hidden)`` and,
         with ``node_crops``, each node's crop features ``(B, N, projection + 1)``."""
-        clip = self.clip
-        dtype = clip.text_projection.weight.dtype
+        if "patches" in batch:  # read from the feature cache
+            patches, text = batch["patches"], batch["text_pooled"]
+            crops, aligned = batch.get("crop_embeds"), batch["text_embeds"]
+        else:
+            clip = self.clip
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_clip):
+                patches = clip_image_features(clip, batch["pixels"])[0]
+                text, aligned = clip_text_features(clip, batch["input_ids"],
+                                                   batch["attention_mask"])
+                crops = (clip_image_features(clip, batch["crops"])[1]
+                         if self.config.node_crops else None)
         crop_features = None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_clip):
-            vision = clip.vision_model(pixel_values=batch["pixels"].to(dtype))
-            patches = clip.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
-            text = clip.text_model(input_ids=batch["input_ids"],
-                                   attention_mask=batch["attention_mask"]).pooler_output
-            if self.config.node_crops:
-                crops = clip.vision_model(pixel_values=batch["crops"].to(dtype)).pooler_output
-                crops = F.normalize(clip.visual_projection(crops).float(), dim=-1)
-                aligned = F.normalize(clip.text_projection(text).float(), dim=-1)
-                node_crops = crops[batch["node_crop"]]
-                similarity = (node_crops * aligned[batch["node_text"]]).sum(-1, keepdim=True)
-                crop_features = torch.cat((node_crops, similarity), -1)
-        patches = self.patch_proj(patches.float())[batch["image_index"]]
-        return patches, self.text_proj(text.float()), crop_features
+        if self.config.node_crops:
+            node_crops = crops.float()[batch["node_crop"]]
+            similarity = (node_crops * aligned.float()[batch["node_text"]]).sum(-1, keepdim=True)
+            crop_features = torch.cat((node_crops, similarity), -1)
+        return self.patch_proj(patches.float()), self.text_proj(text.float()), crop_features
 
     def queries(self, batch: Batch, text: Tensor,
                 crop_features: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -583,11 +663,11 @@ class ErpaModel(FrozenPartModel):
         bias = self.attention_bias(batch, union)
         if self.match_proj is not None:
             count = nodes.shape[1]
-            pooled = torch.softmax(bias[:, :count], -1) @ patches
+            pooled = torch.softmax(bias[:, :count], -1) @ patches[batch["image_index"]]
             nodes = nodes + self.match_proj(text[batch["node_text"]] * pooled)
         tokens = torch.cat((nodes, edges), 1)
         for layer in self.decoder:
-            tokens = layer(tokens, patches, bias)
+            tokens = layer(tokens, patches, bias, batch["image_index"])
         valid = torch.cat((batch["node_mask"], batch["edge_mask"]), 1)
         reg = self.reg_token.expand(tokens.shape[0], -1, -1)
         sequence = torch.cat((reg, tokens), 1)
@@ -663,9 +743,10 @@ class ErpaMethod(TrainableMethod):
     config: ErpaConfig
 
     def __init__(self, config: ErpaConfig, model: ErpaModel, device: DeviceSpec = AUTO,
-                 *, collate: ErpaCollator) -> None:
+                 *, collate: ErpaCollator, encoder: ClipEncoder) -> None:
         super().__init__(config, model, device)
         self._collate = collate
+        self._encoder = encoder
 
     @classmethod
     def build(cls, config: ErpaConfig, device: DeviceSpec = AUTO) -> ErpaMethod:
@@ -678,7 +759,27 @@ class ErpaMethod(TrainableMethod):
                                    clip_preprocess.image_std)
         collate = ErpaCollator(config, proposer, encoder.tokenizer, encoder.max_length,
                                preprocess, clip_preprocess)
-        return cls(config, model, device, collate=collate)
+        return cls(config, model, device, collate=collate, encoder=encoder)
+
+    def feature_groups(self) -> list[FeatureGroup]:
+        """With gt proposals and a frozen CLIP: patch tokens per image, pooled and projected
+        states per graph text and (``node_crops``) an embedding per annotated box. A detector's
+        boxes differ per run, so with one the batch is computed from images."""
+        collate = self._collate
+        if not self.config.freeze_clip or not isinstance(collate.proposer, GroundTruthProposer):
+            return []
+        encoder = self._encoder
+        identity = clip_identity(encoder)
+        groups = [clip_image_group(encoder, collate.preprocess, identity),
+                  clip_text_group(encoder, collate.texts, identity)]
+        if self.config.node_crops:
+            groups.append(clip_crop_group(
+                encoder, lambda sample: top_k(collate.proposer.propose_sample(sample),
+                                              self.config.top_k).boxes, identity))
+        return groups
+
+    def use_features(self, tables: Mapping[str, FeatureTable]) -> None:
+        self._collate.features.update(tables)
 
     @property
     def needs_annotations(self) -> bool:

@@ -22,15 +22,26 @@ gives the convs only additive text-image interactions, and on SynthRef a concat-
 sat at one large "average" box for the first 200+ steps (loss 1.40, IoU ~0).
 ``coord_maps=False, text_product=False`` gives the report's architecture exactly.
 
+``box_head="heatmap"`` keeps the maps, the CNN, the MLP and the loss but changes what the MLP
+predicts: instead of the whole box from one globally pooled vector (which, on SynthRef, stayed
+at the mean box -- pooling leaves no "where" for the MLP to read), a 1x1 conv scores every
+grid cell, the softmax-weighted mean of the cell centres is a reference point (the
+soft-argmax of integral regression), and the MLP on the cells' features pooled by those
+weights predicts a bounded offset from it and the size: the box relative to reference points,
+as Deformable DETR and DAB-DETR predict it.
+
 The CLIP is frozen by default (not trained, kept in eval mode, run without autograd) and then
-not saved in checkpoints: ``clip`` names it and it is reloaded from there.
+not saved in checkpoints: ``clip`` names it and it is reloaded from there. Frozen, its patch
+tokens and text embeddings, and the CNN's preprocessed pixels, are cached per dataset
+(:meth:`RegressorMethod.feature_groups`): a cached batch decodes no image and runs no CLIP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +52,6 @@ from torch import Tensor, nn
 
 from refground import boxes as B
 from refground.devices import AUTO, DeviceSpec, resolve_device
-from refground.images import load_image
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
     Batch,
@@ -54,7 +64,17 @@ from refground.methods.trainable import (
     trainable_factory,
 )
 from refground.types import Sample
-from refground.vision.clip import ClipEncoder, CLIPModel
+from refground.vision.clip import ClipEncoder, CLIPModel, clip_image_features, clip_text_features
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_key
+from refground.vision.feature_groups import (
+    CLIP_IMAGES,
+    CLIP_TEXTS,
+    clip_identity,
+    clip_image_group,
+    clip_text_group,
+    decode,
+    pixel_group,
+)
 from refground.vision.hrnet import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -65,7 +85,6 @@ from refground.vision.hrnet import (
 )
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
-    pil_to_tensor,
     preprocess_tensor,
     squash_config,
 )
@@ -91,8 +110,15 @@ class RegressorConfig(MethodConfig):
     norm: Literal["batch", "group"] = "batch"
     coord_maps: bool = True
     text_product: bool = True
+    #: "pooled": the report's global pooling + MLP on the whole box; "heatmap": the box
+    #: relative to reference points (see the module docstring)
+    box_head: Literal["pooled", "heatmap"] = "pooled"
     huber_delta: float = Field(0.1, gt=0.0)
     giou_weight: float = Field(1.0, ge=0.0)
+    #: with box_head="heatmap": weight of the cross-entropy from the cell softmax to a
+    #: Gaussian on the target box (where to look, taught directly rather than only through
+    #: the soft-argmax, whose gradient on a near-uniform softmax is tiny)
+    heatmap_weight: float = Field(1.0, ge=0.0)
 
     @field_validator("hrnet_widths")
     @classmethod
@@ -112,6 +138,9 @@ class RegressorConfig(MethodConfig):
 
 # --- the batch --------------------------------------------------------------------------------
 
+CNN_PIXELS = "regressor-cnn-pixels"
+
+
 @dataclass(frozen=True, eq=False)
 class RegressorCollator:
     """``samples -> Batch`` for :class:`RegressorModel`; picklable, holds no model.
@@ -124,27 +153,43 @@ class RegressorCollator:
     max_length: int
     clip_preprocess: ClipPreprocessConfig
     cnn_preprocess: ClipPreprocessConfig
+    features: dict[str, FeatureTable] = field(default_factory=dict)
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
-        decoded: dict[Path, Tensor] = {}
-        images = []
-        for sample in samples:
-            if sample.image_path not in decoded:
-                decoded[sample.image_path] = pil_to_tensor(load_image(sample.image_path))
-            images.append(decoded[sample.image_path])
-        tokens = self.tokenizer([s.expression for s in samples], padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        batch: Batch = {
-            "clip_pixels": preprocess_tensor(images, self.clip_preprocess),
-            "cnn_pixels": preprocess_tensor(images, self.cnn_preprocess),
-            "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"],
-            "size": image_sizes(samples),
-        }
+        batch = self.cached(samples) if self.features else None
+        if batch is None:
+            batch = self.computed(samples)
+        batch["size"] = image_sizes(samples)
         target = target_boxes(samples)
         if target is not None:
             batch["target"] = target
         return batch
+
+    def computed(self, samples: Sequence[Sample]) -> Batch:
+        decoded: dict[Path, Tensor] = {}
+        images = []
+        for sample in samples:
+            if sample.image_path not in decoded:
+                decoded[sample.image_path] = decode(sample.image_path)
+            images.append(decoded[sample.image_path])
+        tokens = self.tokenizer([s.expression for s in samples], padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        return {"clip_pixels": preprocess_tensor(images, self.clip_preprocess),
+                "cnn_pixels": preprocess_tensor(images, self.cnn_preprocess),
+                "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    def cached(self, samples: Sequence[Sample]) -> Batch | None:
+        """The batch from the feature tables, or None when a row is missing."""
+        images = [image_key(s.image_path) for s in samples]
+        texts = [s.expression for s in samples]
+        clip, words, cnn = (self.features[CLIP_IMAGES], self.features[CLIP_TEXTS],
+                            self.features[CNN_PIXELS])
+        if not (clip.has_all(images) and cnn.has_all(images) and words.has_all(texts)):
+            return None
+        image_rows = clip.gather(images)
+        return {"patches": image_rows["patches"], "image_embeds": image_rows["embeds"],
+                "text_embeds": words.gather(texts)["embeds"],
+                "cnn_pixels": cnn.gather(images)["pixels"]}
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -182,12 +227,19 @@ class RegressorModel(FrozenPartModel):
                                     out_channels=config.cnn_channels, norm=config.norm)
         fused_in = ((2 + config.text_product) * config.clip_channels + config.cnn_channels
                     + 2 * config.coord_maps)
-        self.fuse = nn.Sequential(
-            conv_norm_relu(fused_in, config.fused_dim, config.norm),
-            conv_norm_relu(config.fused_dim, config.fused_dim, config.norm, stride=2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        self.heatmap = config.box_head == "heatmap"
+        if self.heatmap:  # stay on the grid: every cell is a reference point
+            self.fuse = nn.Sequential(
+                conv_norm_relu(fused_in, config.fused_dim, config.norm),
+                conv_norm_relu(config.fused_dim, config.fused_dim, config.norm))
+            self.cell_logit = nn.Conv2d(config.fused_dim, 1, 1)
+        else:
+            self.fuse = nn.Sequential(
+                conv_norm_relu(fused_in, config.fused_dim, config.norm),
+                conv_norm_relu(config.fused_dim, config.fused_dim, config.norm, stride=2),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            )
         self.head = nn.Sequential(nn.Linear(config.fused_dim, config.hidden), nn.ReLU(),
                                   nn.Dropout(config.dropout), nn.Linear(config.hidden, 4))
         unused = [clip.logit_scale]  # and the image projection when patch maps are used
@@ -201,21 +253,19 @@ class RegressorModel(FrozenPartModel):
         Embeddings are L2-normalised (CLIP compares them by cosine, so their length carries no
         meaning); patch tokens go through the vision tower's final layer norm, as CLS does.
         """
-        clip = self.clip
-        dtype = clip.text_projection.weight.dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_clip):
-            vision = clip.vision_model(pixel_values=batch["clip_pixels"].to(dtype))
-            if self.config.clip_map == "patches":
-                tokens = clip.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
-                side = math.isqrt(tokens.shape[1])
-                image = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
-            else:
-                pooled = clip.visual_projection(vision.pooler_output)
-                image = F.normalize(pooled.float(), dim=-1)[:, :, None, None]
-            text = clip.text_model(input_ids=batch["input_ids"],
-                                   attention_mask=batch["attention_mask"]).pooler_output
-            text = F.normalize(clip.text_projection(text).float(), dim=-1)[:, :, None, None]
-        return image.float(), text
+        if "text_embeds" in batch:  # read from the feature cache
+            patches, embeds, text = batch["patches"], batch["image_embeds"], batch["text_embeds"]
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_clip):
+                patches, embeds = clip_image_features(self.clip, batch["clip_pixels"])
+                text = clip_text_features(self.clip, batch["input_ids"],
+                                          batch["attention_mask"])[1]
+        if self.config.clip_map == "patches":
+            side = math.isqrt(patches.shape[1])
+            image = patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+        else:
+            image = embeds[:, :, None, None]
+        return image.float(), text.float()[:, :, None, None]
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         image, text = self.clip_features(batch)
@@ -231,7 +281,22 @@ class RegressorModel(FrozenPartModel):
             maps.append(coordinate_maps(size, grid, maps[-1]))
         dtype = maps[-1].dtype  # all maps in one dtype (autocast may make some bf16)
         fused = self.fuse(torch.cat([m.to(dtype) for m in maps], dim=1))
-        return {"boxes": self.head(fused).float().sigmoid()}
+        if not self.heatmap:
+            return {"boxes": self.head(fused).float().sigmoid()}
+        return self.heatmap_box(fused)
+
+    def heatmap_box(self, fused: Tensor) -> dict[str, Tensor]:
+        """The box relative to the grid's cells: a softmax over cells says where the referent
+        is; its expected cell centre is the reference point, and the MLP on the cells' features
+        pooled by that softmax gives an offset from it (at most one cell) and the size."""
+        weights = self.cell_logit(fused).float().flatten(1).softmax(-1)  # (B, grid * grid)
+        centres = coordinate_maps(1, self.grid, weights)[0].flatten(1).T * 0.5 + 0.5  # (G, 2)
+        reference = weights @ centres
+        pooled = torch.einsum("bg,bcg->bc", weights, fused.float().flatten(2))
+        raw = self.head(pooled.to(fused.dtype)).float()
+        centre = (reference + raw[:, :2].tanh() / self.grid).clamp(0.0, 1.0)
+        box = torch.cat((centre, raw[:, 2:].sigmoid()), -1)
+        return {"boxes": box, "cell_weights": weights}
 
 
 # --- the loss ---------------------------------------------------------------------------------
@@ -249,6 +314,17 @@ def regression_loss(pred: Tensor, target: Tensor, *, huber_delta: float,
     return {"loss": huber + giou_weight * giou, "huber": huber, "giou": giou}
 
 
+def heatmap_loss(weights: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy from the ``(B, grid * grid)`` cell softmax to the target box's Gaussian
+    (standard deviation half the box side, normalised over the cells)."""
+    from refground.methods.erpa import gaussian_heatmaps
+
+    grid = math.isqrt(weights.shape[1])
+    heat = gaussian_heatmaps(target.float().to(weights.device), grid, 0.5, 0.5 / grid)
+    heat = heat / heat.sum(-1, keepdim=True).clamp_min(1e-12)
+    return -(heat * weights.clamp_min(1e-12).log()).sum(-1).mean()
+
+
 # --- the method -------------------------------------------------------------------------------
 
 class RegressorMethod(TrainableMethod):
@@ -261,9 +337,11 @@ class RegressorMethod(TrainableMethod):
     config: RegressorConfig
 
     def __init__(self, config: RegressorConfig, model: RegressorModel,
-                 device: DeviceSpec = AUTO, *, collate: RegressorCollator) -> None:
+                 device: DeviceSpec = AUTO, *, collate: RegressorCollator,
+                 encoder: ClipEncoder) -> None:
         super().__init__(config, model, device)
         self._collate = collate
+        self._encoder = encoder
 
     @classmethod
     def build(cls, config: RegressorConfig, device: DeviceSpec = AUTO
@@ -279,15 +357,38 @@ class RegressorMethod(TrainableMethod):
                                           clip_preprocess.image_std),
             cnn_preprocess=squash_config(config.cnn_image_size, IMAGENET_MEAN, IMAGENET_STD),
         )
-        return cls(config, model, device, collate=collate)
+        return cls(config, model, device, collate=collate, encoder=encoder)
+
+    def feature_groups(self) -> list[FeatureGroup]:
+        """CLIP patch tokens and embeddings per image, text embeddings per expression and the
+        CNN's preprocessed pixels per image; none while the CLIP is fine-tuned."""
+        if not self.config.freeze_clip:
+            return []
+        collate, encoder = self._collate, self._encoder
+        identity = clip_identity(encoder)
+        cnn = collate.cnn_preprocess
+        return [
+            clip_image_group(encoder, collate.clip_preprocess, identity),
+            clip_text_group(encoder, lambda samples: [s.expression for s in samples], identity),
+            pixel_group(CNN_PIXELS, {"preprocess": dataclasses.asdict(cnn)},
+                        lambda paths: preprocess_tensor([decode(p) for p in paths], cnn)),
+        ]
+
+    def use_features(self, tables: Mapping[str, FeatureTable]) -> None:
+        self._collate.features.update(tables)
 
     def collator(self) -> RegressorCollator:
         return self._collate
 
     def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return regression_loss(outputs["boxes"], require_target(batch, self.name),
-                               huber_delta=self.config.huber_delta,
-                               giou_weight=self.config.giou_weight)
+        target = require_target(batch, self.name)
+        losses = regression_loss(outputs["boxes"], target, huber_delta=self.config.huber_delta,
+                                 giou_weight=self.config.giou_weight)
+        if "cell_weights" in outputs and self.config.heatmap_weight > 0:
+            heat = heatmap_loss(outputs["cell_weights"], target)
+            losses["heatmap"] = heat.detach()
+            losses["loss"] = losses["loss"] + self.config.heatmap_weight * heat
+        return losses
 
     def decode(self, batch: Batch, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         boxes = outputs["boxes"]

@@ -9,6 +9,10 @@ The Trainer (``refground.train``) knows nothing about any model. It drives a
 * ``model`` -- the ``nn.Module``; ``model(batch)`` returns the method's raw outputs.
 * ``loss(batch, outputs)`` -- a dict of scalar tensors; ``"loss"`` is optimised, the other
   entries are logged.
+* ``feature_groups()`` / ``use_features(tables)`` (optional) -- the frozen features the
+  collator may read from a cache instead of images (:mod:`refground.vision.feature_cache`);
+  :func:`cache_features` builds the tables and hands them over. A batch whose rows are all
+  cached is read from them, any other batch (new images at predict time) is computed.
 * ``decode(batch, outputs)`` -- ``(boxes, scores)``: one normalised ``cxcywh`` box in [0, 1]
   per sample and its confidence. ``predict`` turns it into pixel boxes, so evaluation goes
   through the same code as every other method.
@@ -36,8 +40,15 @@ from refground import boxes as B
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError, ModelLoadError, validation_problems
 from refground.images import load_image
-from refground.methods.base import Method
+from refground.methods.base import DatasetInfo, Method
 from refground.types import Prediction, Sample
+from refground.vision.feature_cache import (
+    FEATURES_DIR,
+    FeatureGroup,
+    FeatureTable,
+    dataset_fingerprint,
+    ensure_table,
+)
 from refground.vision.preprocess import pil_to_tensor
 
 Batch = dict[str, Any]
@@ -63,13 +74,13 @@ def parse_config(config_type: type[ConfigT], options: Mapping[str, Any], what: s
         raise ConfigError(f"invalid options for {what}: {validation_problems(exc)}") from None
 
 
-def image_tensor(sample: Sample, size: int) -> Tensor:
-    """The sample's image squashed to ``size x size``, float in [0, 1], ``(3, size, size)``.
+def image_tensor(path: Path, size: int) -> Tensor:
+    """The image at ``path`` squashed to ``size x size``, float in [0, 1], ``(3, size, size)``.
 
     Squashing (not cropping) keeps every object in view; boxes are predicted normalised to the
     image, so the aspect change is undone when they are scaled back to pixels.
     """
-    image = load_image(sample.image_path).resize((size, size), resample=3)  # bicubic
+    image = load_image(path).resize((size, size), resample=3)  # bicubic
     return pil_to_tensor(image).float().div_(255.0)
 
 
@@ -160,6 +171,14 @@ class TrainableMethod(Method):
     def decode(self, batch: Batch, outputs: Any) -> tuple[Tensor, Tensor]:
         """``(B, 4)`` normalised cxcywh boxes and ``(B,)`` scores, one per sample."""
 
+    def feature_groups(self) -> list[FeatureGroup]:
+        """Tables of frozen features the collator can read instead of images; none unless a
+        method says otherwise (and none while the parts they come from are fine-tuned)."""
+        return []
+
+    def use_features(self, tables: Mapping[str, FeatureTable]) -> None:
+        """Read batches from these tables (built for :meth:`feature_groups`) where they can."""
+
     # --- shared behaviour ---------------------------------------------------------------------
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
@@ -248,6 +267,30 @@ class TrainableMethod(Method):
             raise ModelLoadError(f"cannot read weights {directory / WEIGHTS_FILE}: {exc}") from exc
         method.load_weights(state, str(directory / WEIGHTS_FILE))
         return method
+
+
+def annotation_files(info: DatasetInfo) -> list[Path]:
+    """The files that define a REFER-format dataset's version (its refs and instances)."""
+    from refground.data.refer import refs_path
+
+    directory = Path(info.root) / info.dataset
+    return [refs_path(Path(info.root), info.dataset, info.split_by), directory / "instances.json"]
+
+
+def cache_features(method: TrainableMethod, samples: Sequence[Sample], info: DatasetInfo, *,
+                   log: Callable[[str], None] = print, progress: bool = False
+                   ) -> dict[str, FeatureTable]:
+    """Build (or check and reuse) the method's feature tables for ``samples`` under
+    ``<root>/<dataset>/features/`` and hand them to the method; ``{}`` when it has none."""
+    groups = method.feature_groups()
+    if not groups:
+        return {}
+    directory = Path(info.root) / info.dataset / FEATURES_DIR
+    dataset = dataset_fingerprint(annotation_files(info))
+    tables = {group.name: ensure_table(group, samples, directory, dataset, log, progress)
+              for group in groups}
+    method.use_features(tables)
+    return tables
 
 
 def read_method_file(directory: Path) -> dict[str, Any]:

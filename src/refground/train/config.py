@@ -68,6 +68,9 @@ class LoopConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0)  # optimiser steps; 0 = with every validation
     log_every: int = Field(10, ge=1)
     max_bad_steps: int = Field(10, ge=0)  # non-finite loss/gradients tolerated before stopping
+    #: Read the frozen parts' outputs from a per-dataset cache (built on first use, see
+    #: refground.vision.feature_cache) instead of decoding images and running them each step.
+    feature_cache: bool = True
     #: "auto" (CUDA when available, else the CPU), "cpu", "cuda", "cuda:N" or "mps"; checked
     #: against the machine when training starts, so a config written on a GPU machine loads
     #: anywhere. null (older configs) means "auto".

@@ -35,7 +35,7 @@ from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
 from refground.evaluate.runner import batched
 from refground.methods import DatasetInfo, build_method
-from refground.methods.trainable import TrainableMethod, move_batch
+from refground.methods.trainable import TrainableMethod, cache_features, move_batch
 from refground.train.checkpoint import (
     CheckpointError,
     read_trainer_state,
@@ -288,8 +288,13 @@ class Trainer:
         self.log = log if self.accelerator.is_main_process else (lambda _: None)
         self.train_samples, self.val_samples = self._load_data()
         data = config.data
-        self.method.prepare(DatasetInfo(Path(data.root), data.dataset, data.split_by,
-                                        Path(data.images) if data.images else None))
+        info = DatasetInfo(Path(data.root), data.dataset, data.split_by,
+                           Path(data.images) if data.images else None)
+        self.method.prepare(info)
+        if loop.feature_cache:  # the main process builds it, the others then read it
+            with self.accelerator.main_process_first():
+                cache_features(self.method, [*self.train_samples, *self.val_samples], info,
+                               log=self.log, progress=progress)
         self.steps_per_epoch = self.plan.steps_per_epoch(len(self.train_samples))
         if self.steps_per_epoch == 0:
             raise ConfigError(f"{len(self.train_samples)} training samples make no full batch "

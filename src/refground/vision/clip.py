@@ -382,6 +382,30 @@ class TextCacheInfo:
 ImageLike = Image.Image | Tensor
 
 
+def clip_image_features(model: CLIPModel, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+    """``(N, P, hidden)`` patch tokens and ``(N, D)`` normalised image embeddings, float32.
+
+    The one definition of the image features every method reads: patch tokens are the last
+    layer's (CLS dropped) through the vision tower's final layer norm, as CLS is before the
+    projection; embeddings are the projected CLS, L2-normalised (CLIP compares by cosine).
+    Gradients flow when the caller enables them (fine-tuning).
+    """
+    dtype = model.visual_projection.weight.dtype
+    vision = model.vision_model(pixel_values=pixel_values.to(dtype))
+    patches = model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+    embeds = F.normalize(model.visual_projection(vision.pooler_output).float(), dim=-1)
+    return patches.float(), embeds
+
+
+def clip_text_features(model: CLIPModel, input_ids: Tensor,
+                       attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(N, hidden)`` pooled (EOS) text states before the projection and ``(N, D)``
+    normalised text embeddings, float32; the text counterpart of :func:`clip_image_features`."""
+    pooled = model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    embeds = F.normalize(model.text_projection(pooled).float(), dim=-1)
+    return pooled.float(), embeds
+
+
 class ClipEncoder:
     """Batched, normalised CLIP features of images and texts, with a text feature cache.
 
@@ -538,15 +562,25 @@ class ClipEncoder:
     def encode_image_tensors(self, pixel_values: Tensor) -> Tensor:
         """``(N, D)`` normalised features of already preprocessed ``(N, 3, S, S)`` pixels."""
         _check_pixels(pixel_values, self.image_size)
-        outputs = []
+        return self.image_features(pixel_values)[1]
+
+    def image_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`clip_image_features` of preprocessed pixels, ``batch_size`` at a time:
+        ``(N, P, hidden)`` patch tokens and ``(N, D)`` normalised embeddings."""
+        _check_pixels(pixel_values, self.image_size)
+        patches, embeds = [], []
         with torch.inference_mode():
             for start in range(0, pixel_values.shape[0], self.batch_size):
-                chunk = pixel_values[start:start + self.batch_size].to(self.device, self.dtype)
-                pooled = self.model.vision_model(pixel_values=chunk).pooler_output
-                outputs.append(self.model.visual_projection(pooled).float())
-            features = (F.normalize(torch.cat(outputs), dim=-1) if outputs
-                        else torch.empty((0, self.embed_dim), device=self.device))
-        return features.clone()  # a normal tensor: inference tensors refuse autograd later
+                chunk = pixel_values[start:start + self.batch_size].to(self.device)
+                tokens, pooled = clip_image_features(self.model, chunk)
+                patches.append(tokens)
+                embeds.append(pooled)
+        if not embeds:
+            return (torch.empty((0, self.num_patches, self.vision_hidden_size),
+                                device=self.device),
+                    torch.empty((0, self.embed_dim), device=self.device))
+        # normal tensors: inference tensors refuse autograd later
+        return torch.cat(patches).clone(), torch.cat(embeds).clone()
 
     def patch_tokens(self, pixel_values: Tensor, *, grad: bool = False,
                      interpolate_pos_encoding: bool = False) -> Tensor:
@@ -604,7 +638,7 @@ class ClipEncoder:
                 missing.append(text)
                 seen.add(text)
         if missing:
-            features = self._encode_text_batch(missing)
+            features = self.text_features(missing)[1]
             for text, row in zip(missing, features.unbind(0), strict=True):
                 self._text_cache[text] = row
                 if self._store is not None:
@@ -616,15 +650,21 @@ class ClipEncoder:
             return torch.empty((0, self.embed_dim), device=self.device)
         return torch.stack([self._text_cache[text] for text in texts])
 
-    def _encode_text_batch(self, texts: list[str]) -> Tensor:
-        outputs = []
+    def text_features(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """:func:`clip_text_features` of texts, ``batch_size`` at a time (no cache): ``(N,
+        hidden)`` pooled states and ``(N, D)`` normalised embeddings."""
+        pooled, embeds = [], []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 tokens = self.tokenize(texts[start:start + self.batch_size])
-                pooled = self.model.text_model(**tokens).pooler_output
-                outputs.append(self.model.text_projection(pooled).float())
-            features = F.normalize(torch.cat(outputs), dim=-1)
-        return features.clone()
+                states, features = clip_text_features(self.model, tokens["input_ids"],
+                                                      tokens["attention_mask"])
+                pooled.append(states)
+                embeds.append(features)
+        if not embeds:
+            return (torch.empty((0, self.text_hidden_size), device=self.device),
+                    torch.empty((0, self.embed_dim), device=self.device))
+        return torch.cat(pooled).clone(), torch.cat(embeds).clone()
 
     def text_tokens(self, texts: Sequence[str], *, grad: bool = False) -> tuple[Tensor, Tensor]:
         """Last-layer text token states ``(N, L, hidden)`` and a bool mask ``(N, L)``.

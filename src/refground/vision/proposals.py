@@ -327,14 +327,18 @@ class GroundTruthProposer:
     def propose(self, images: Sequence[Image.Image], samples: Sequence[Sample],
                 queries: Sequence[Sequence[str]] | None = None) -> list[Proposals]:
         images = check_batch(images, samples)
-        results = []
-        for image, sample in zip(images, samples, strict=True):
-            annotations = sample.annotations
-            boxes = B.as_tensor([a.box for a in annotations], f"annotations of {sample.sample_id}")
-            if (image.width, image.height) != (sample.width, sample.height):
-                boxes = B.denormalize(B.normalize(boxes, sample.width, sample.height),
-                                      image.width, image.height)
-            results.append(self.postprocess(
-                boxes, torch.ones(len(annotations)), [a.category for a in annotations],
-                image.width, image.height))
-        return results
+        return [self.propose_sample(sample, image.width, image.height)
+                for image, sample in zip(images, samples, strict=True)]
+
+    def propose_sample(self, sample: Sample, width: int | None = None,
+                       height: int | None = None) -> Proposals:
+        """The sample's boxes for an image of ``width`` x ``height`` (default: its own size);
+        needs no pixels, so a method reading cached features never decodes the image."""
+        width = sample.width if width is None else width
+        height = sample.height if height is None else height
+        annotations = sample.annotations
+        boxes = B.as_tensor([a.box for a in annotations], f"annotations of {sample.sample_id}")
+        if (width, height) != (sample.width, sample.height):
+            boxes = B.denormalize(B.normalize(boxes, sample.width, sample.height), width, height)
+        return self.postprocess(boxes, torch.ones(len(annotations)),
+                                [a.category for a in annotations], width, height)
