@@ -148,6 +148,9 @@ class ErpaConfig(MethodConfig):
     modifier_embedding: bool = True
     rank_features: bool = True
     head: Literal["regress", "select"] = "regress"
+    #: with head="regress": "token" regresses the absolute box from [REG] (the report);
+    #: "nodes" regresses it relative to the referent's nodes (see ``reference_box``)
+    regress_from: Literal["token", "nodes"] = "token"
     l1_weight: float = Field(5.0, ge=0.0)
     giou_weight: float = Field(2.0, ge=0.0)
 
@@ -562,6 +565,8 @@ class ErpaModel(FrozenPartModel):
         self.box_head = optional(not select, lambda: nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(dim, 4)))
         self.node_head = optional(select, lambda: nn.Linear(dim, 1))
+        self.reference_query = optional(not select and config.regress_from == "nodes",
+                                        lambda: nn.Linear(dim, dim))
         unused = [clip.logit_scale]  # and both projections unless crops are compared
         if not config.node_crops:
             unused += [*clip.visual_projection.parameters(), *clip.text_projection.parameters()]
@@ -675,6 +680,8 @@ class ErpaModel(FrozenPartModel):
         positions = valid.long().cumsum(1) - 1
         sequence = sequence + sinusoidal(positions, sequence.shape[-1]) * valid.unsqueeze(-1)
         encoded = self.final_norm(self.encoder(sequence, src_key_padding_mask=~valid))
+        if self.box_head is not None and self.reference_query is not None:
+            return self.reference_box(encoded, batch, nodes.shape[1])
         if self.box_head is not None:
             return {"boxes": self.box_head(encoded[:, 0]).float().sigmoid()}
         count = nodes.shape[1]
@@ -684,6 +691,29 @@ class ErpaModel(FrozenPartModel):
             node_logits = node_logits + subject_logsumexp(edge_logits, batch, count)
         referent = batch["node_mask"] & (batch["node_entity"] == 0)
         return {"node_logits": node_logits.masked_fill(~referent, float("-inf"))}
+
+
+    def reference_box(self, encoded: Tensor, batch: Batch, count: int) -> dict[str, Tensor]:
+        """[REG] regresses relative to the referent's nodes (``regress_from="nodes"``).
+
+        [REG]'s output scores the referent's encoded nodes (scaled dot product); the
+        softmax-weighted mean of their boxes is the reference box, and the box MLP on [REG]
+        predicts an offset (at most half the reference's side) and a log-scale of it. One
+        token regresses, as in the report, but in the frame of the boxes it attends to, the
+        way DETR variants refine reference boxes, rather than in absolute image coordinates
+        (which, on SynthRef, never left the mean box).
+        """
+        reg, node_states = encoded[:, 0], encoded[:, 1:1 + count]
+        scores = torch.einsum("bd,bnd->bn", self.reference_query(reg), node_states).float()
+        scores = scores / math.sqrt(reg.shape[-1])
+        referent = batch["node_mask"] & (batch["node_entity"] == 0)
+        weights = scores.masked_fill(~referent, float("-inf")).softmax(-1).nan_to_num(0.0)
+        reference = torch.einsum("bn,bnc->bc", weights, batch["node_boxes"].float())
+        raw = self.box_head(reg).float()
+        centre = reference[:, :2] + 0.5 * reference[:, 2:] * raw[:, :2].tanh()
+        size = reference[:, 2:] * raw[:, 2:].clamp(-3.0, 3.0).exp()
+        box = torch.cat((centre.clamp(0.0, 1.0), size.clamp(1e-4, 1.0)), -1)
+        return {"boxes": box, "node_weights": weights}
 
 
 def subject_logsumexp(edge_logits: Tensor, batch: Batch, count: int) -> Tensor:
