@@ -20,7 +20,13 @@ from safetensors.torch import load_file
 from refground.data.refer import load_refer_split
 from refground.errors import ConfigError, ModelLoadError
 from refground.methods import build_method
-from refground.methods.detr import DetrConfig, DetrMethod
+from refground.methods.detr import (
+    DetrConfig,
+    DetrMethod,
+    initial_references,
+    sine_points,
+    sine_positions_2d,
+)
 from refground.methods.trainable import WEIGHTS_FILE
 from refground.train.matching import MatchWeights, hungarian_match, match_costs, set_loss
 from refground.types import Sample
@@ -177,6 +183,31 @@ def test_save_load_round_trip(tiny_clip_dir: Path, samples: list[Sample], tmp_pa
     loaded = build_method("detr", checkpoint=directory)
     assert isinstance(loaded, DetrMethod) and loaded.config == method.config
     assert loaded.predict(samples) == predictions
+
+
+def test_reference_points_spread_encode_like_image_tokens_and_anchor_the_boxes(
+        tiny_clip_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    anchors = initial_references(6).sigmoid()
+    expected_grid = torch.tensor([[1 / 6, 0.25], [0.5, 0.25], [5 / 6, 0.25],
+                                  [1 / 6, 0.75], [0.5, 0.75], [5 / 6, 0.75]])
+    assert torch.allclose(anchors, expected_grid, atol=1e-6)
+    # an anchor on a token's centre gets exactly that token's position encoding
+    grid = sine_positions_2d(4, 4, 16, torch.device("cpu"))
+    assert torch.allclose(sine_points(torch.tensor([[1.5 / 4, 2.5 / 4]]), 16)[0],
+                          grid[2 * 4 + 1], atol=1e-6)
+    method = build_method("detr", **tiny_options(tiny_clip_dir, reference_points=True))
+    assert isinstance(method, DetrMethod)
+    model = method.model
+    model.eval()
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.box_head.layers[-1].weight)
+        torch.nn.init.zeros_(model.box_head.layers[-1].bias)
+        boxes = model(method.collator()(samples))["boxes"]
+    # a head that predicts no offset puts every query's centre on its anchor
+    expected = initial_references(4).sigmoid()
+    assert torch.allclose(boxes[..., :2], expected.expand_as(boxes[..., :2]), atol=1e-6)
+    loaded = build_method("detr", checkpoint=method.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.predict(samples) == method.predict(samples)
 
 
 def test_collator_is_picklable_and_omits_missing_targets(tiny_clip_dir: Path,

@@ -68,7 +68,7 @@ def method(name: str, clip_dir: Path, **options: Any) -> TrainableMethod:
 @pytest.mark.parametrize(("name", "options"), [
     ("regressor", {}), ("regressor", {"clip_map": "pooled", "box_head": "heatmap"}),
     ("erpa", {"head": "regress"}), ("erpa", {"head": "select", "node_crops": False}),
-    ("detr", {}), ("detr", {"freeze_text": False}),
+    ("detr", {}), ("detr", {"freeze_text": False, "reference_points": True}),
 ])
 def test_cached_batches_give_the_computed_outputs(name: str, options: dict[str, Any],
                                                   clip_dir: Path, dataset: Path) -> None:

@@ -89,6 +89,10 @@ class DetrConfig(MethodConfig):
     l1_weight: float = Field(5.0, ge=0.0)
     giou_weight: float = Field(2.0, ge=0.0)
     aux_loss: bool = True
+    #: DAB-DETR-style anchors: each query owns a learnt reference point (spread over the image
+    #: at the start), its sine encoding is added to the query's position, and the box head
+    #: predicts the centre as an offset from it (in logit space) instead of absolutely
+    reference_points: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +200,30 @@ def sine_positions_2d(height: int, width: int, dim: int, device: torch.device,
     return torch.cat((pos_y, pos_x), dim=-1).reshape(height * width, dim)
 
 
+def initial_references(count: int) -> Tensor:
+    """``(count, 2)`` anchor logits: the centres of a near-square grid over the image, row by
+    row, so the queries start spread out rather than all at the centre."""
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    index = torch.arange(count)
+    xy = torch.stack(((index % columns + 0.5) / columns, (index // columns + 0.5) / rows), -1)
+    return torch.logit(xy.float())
+
+
+def sine_points(xy: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """``(..., dim)`` sine encoding of points in [0, 1] (y half first), the same frequencies
+    as :func:`sine_positions_2d`, so an anchor's encoding matches the image tokens' there."""
+    quarter = dim // 4
+    freqs = temperature ** (torch.arange(quarter, dtype=torch.float32, device=xy.device)
+                            / quarter)
+
+    def encode(coords: Tensor) -> Tensor:
+        angles = coords.float()[..., None] * (2 * math.pi) / freqs
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+    return torch.cat((encode(xy[..., 1]), encode(xy[..., 0])), dim=-1)
+
+
 def _ffn(d_model: int, hidden: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(dropout), nn.Linear(hidden, d_model))
@@ -284,6 +312,10 @@ class DetrModel(FrozenPartModel):
         self.class_head = nn.Linear(d, 1)
         self.box_head = MLP(d, d, 4, 3)
         nn.init.normal_(self.text_pos, std=0.02)
+        self.reference = None
+        if config.reference_points:
+            self.reference = nn.Parameter(initial_references(config.queries))
+            self.reference_pos = MLP(d, d, d, 2)
         # start at the prior "1 of Q queries is the referent", so the first steps are not spent
         # pushing every logit down (the focal-loss initialisation of Lin et al.)
         nn.init.constant_(self.class_head.bias, -math.log(max(config.queries - 1, 1)))
@@ -317,6 +349,9 @@ class DetrModel(FrozenPartModel):
         pooled = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         condition = self.query_text(pooled)[:, None]  # (B, 1, d)
         query_pos = self.query_embed.weight.to(dtype)[None] + condition
+        if self.reference is not None:
+            anchors = sine_points(self.reference.sigmoid(), query_pos.shape[-1])
+            query_pos = query_pos + self.reference_pos(anchors).to(dtype)[None]
         # DETR starts the query content at zero; starting it at the text instead lets the very
         # first self-attention and the heads' residual path see the expression (tried on the
         # overfitting test: memorising 4 expressions took ~250 steps from zero, ~60 from text)
@@ -326,8 +361,11 @@ class DetrModel(FrozenPartModel):
             tgt = layer(tgt, query_pos, tokens, pos, pad)
             states.append(self.decoder_norm(tgt))
         hidden = torch.stack(states)  # (L, B, Q, d)
-        return {"logits": self.class_head(hidden).squeeze(-1),
-                "boxes": self.box_head(hidden).sigmoid()}
+        raw = self.box_head(hidden)
+        if self.reference is not None:  # the centre relative to the query's anchor
+            shift = F.pad(self.reference.to(raw.dtype), (0, 2))
+            raw = raw + shift
+        return {"logits": self.class_head(hidden).squeeze(-1), "boxes": raw.sigmoid()}
 
 
 # --- data -------------------------------------------------------------------------------------
