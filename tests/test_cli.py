@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from refground.cli import app
@@ -152,6 +154,22 @@ def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: P
     # resuming a finished run is a no-op that keeps the weights
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
+    # the export ships float16 weights with the record of how they were made
+    exported = tmp_path / "exported"
+    result = CliRunner().invoke(app, [
+        "export", "--run", str(out), "--out", str(exported), "--checkpoint", "last",
+        "--data", "refground synth ...", "--command", "refground train ...",
+        "--eval", f"val={tmp_path / 'eval'}"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((exported / "training.json").read_text())
+    assert record["config"]["method"] == method and record["steps"] == summary["steps"]
+    assert record["val_curve"][-1]["miou"] == pytest.approx(summary["last_metrics"]["miou"])
+    assert record["test"]["val"]["n"] == metrics["n"] and "--dtype float16" in record["export"]
+    weights = load_file(str(exported / "model.safetensors"))
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float16}
+    shipped = run_eval(synth_root, method, tmp_path / "eval-exported", "--split", "val",
+                       "--limit", "12", "-o", f"checkpoint={exported}")
+    assert shipped["miou"] == pytest.approx(metrics["miou"], abs=0.02)
 
 
 def test_demo_runs_offline_and_draws_pictures(tmp_path: Path) -> None:

@@ -259,6 +259,35 @@ def cache_features_command(
     console.print(table)
 
 
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Option(help="A `refground train` output directory.")],
+    out: Annotated[Path, typer.Option(help="Directory of the exported model.")],
+    data: Annotated[str, typer.Option(help="The data recipe (commands that made the data).")],
+    command: Annotated[str, typer.Option(help="The exact training command.")],
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    dtype: Annotated[str, typer.Option(help="Weights' dtype: float16 (as shipped) or "
+                                            "float32.")] = "float16",
+    evaluation: Annotated[list[str], typer.Option(
+        "--eval", help="SPLIT=DIR of a `refground eval` run of the export (repeatable).")] = [],  # noqa: B006
+    what: Annotated[str | None, typer.Option(help="One line saying what the model is.")] = None,
+) -> None:
+    """Export a run's checkpoint as a shippable model: method files in float16 and a
+    training.json with the data recipe, command, config, wall time, curve and test metrics."""
+    from refground.train.export import export_run
+
+    pairs = {}
+    for item in evaluation:
+        split, sep, directory = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--eval takes SPLIT=DIR, got {item!r}")
+        pairs[split] = Path(directory)
+    record = export_run(run, out, checkpoint=checkpoint, dtype=dtype, data_recipe=data,
+                        command=command, evaluations=pairs, what=what)
+    console.print(f"exported {record['config']['method']} to {out} "
+                  f"({record['size_bytes'] / 2**20:.1f} MB)")
+
+
 @app.command()
 def tune(
     config: Annotated[Path, typer.Option(help="Training YAML with a tune: section.")],
