@@ -15,6 +15,12 @@ Architecture (Carion et al. 2020, with the text fusion of GLIP, Li et al. 2022):
   cross-attention to the fused memory;
 * per query one "this is the referent" logit and a 3-layer MLP box (sigmoid ``cxcywh``).
 
+With ``reference_points`` (DAB-DETR, Liu et al. 2022; the reference points of Deformable DETR,
+Zhu et al. 2021) each query also owns a learnt anchor point, initialised on a grid over the
+image: its sine encoding (the image tokens' own) is added to the query's position, and the box
+head predicts the centre as an offset from the anchor in logit space. Without anchors all
+queries start at the same place and, on SynthRef, the model settled on one central box.
+
 Training matches queries to the one target by the Hungarian algorithm (classification + L1 +
 GIoU costs) after every decoder layer (auxiliary losses); inference takes the top-scoring
 query. The frozen text tower is not saved in checkpoints: it is rebuilt from the options.
