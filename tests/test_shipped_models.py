@@ -1,8 +1,8 @@
 """The shipped models work: accuracy floors a broken model cannot pass by luck.
 
 The floors sit well below what the shipped models score on these fixed sets (measured when they
-were set, issue 12: crop-rank 52.6% and graph-resolve 98.4% with the RefCOCO-scale
-synthref-clip on 557 expressions; shipped erpa 51.1% on 610 small-scale ones) and far above
+were set: crop-rank 52.6% and graph-resolve 98.4% with the RefCOCO-scale synthref-clip,
+issue 12; synthref-erpa 84.7%, issue 13; all on the same 557 expressions) and far above
 chance: the test computes, exactly, the probability that a picker choosing uniformly among each
 image's annotated boxes reaches the floor, and requires it to be below 1e-6. A model with random
 weights, a CLIP that lost its tokenizer, or a checkpoint that loads into the wrong layers fails;
@@ -29,8 +29,7 @@ from refground.types import Sample
 FLOORS = [
     ("crop-rank", {}, "refcoco", 0.40),
     ("graph-resolve", {}, "refcoco", 0.85),
-    # trained on the small scale with the CLIP of then (synthref-clip-small) until issue 13
-    ("erpa", {"checkpoint": "synthref-erpa"}, "small", 0.38),
+    ("erpa", {"checkpoint": "synthref-erpa"}, "refcoco", 0.70),
 ]
 LUCK = 1e-6
 

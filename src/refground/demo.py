@@ -31,11 +31,8 @@ ZERO_SHOT: dict[str, tuple[str, dict[str, Any]]] = {
     "graph-resolve": ("graph-resolve", {}),
 }
 #: Trained checkpoints that may ship in ``refground/assets`` (display name -> method, asset).
-#: The shipped erpa was trained on the small scale with the CLIP of then (synthref-clip-small),
-#: and the demo's data is the default (RefCOCO) scale: its row says so until issue 13
-#: retrains it.
 SHIPPED_TRAINED: dict[str, tuple[str, str]] = {
-    "erpa (shipped, small-scale)": ("erpa", "synthref-erpa")}
+    "erpa (synthref-erpa)": ("erpa", "synthref-erpa")}
 #: The method the picture examples use: the best zero-shot one on SynthRef.
 EXAMPLE_METHOD = "graph-resolve"
 

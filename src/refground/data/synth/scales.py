@@ -10,8 +10,8 @@
 ``small``
     The original SynthRef layout, kept as a stress setting: 320-640 px canvases, nominal sides
     24-76 px, so the median referent box covers under 1% of the image (under one patch of a
-    whole-image CLIP view). The first SynthRef CLIP (``synthref-clip-small``) and the shipped
-    ``synthref-erpa`` were trained on it.
+    whole-image CLIP view). The first SynthRef CLIP and erpa were trained on it (retired in
+    issues 12 and 13 for the ``refcoco`` scale).
 
 A scale is only scene geometry; expressions, splits and rendering are the same for every
 scale, and every spatial rule in :mod:`~refground.data.synth.expressions` is relative to
