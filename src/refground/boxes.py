@@ -181,3 +181,18 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         keep.append(i)
         suppressed |= overlaps[i] > iou_threshold
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def gaussian_heatmaps(boxes: Tensor, grid: int, sigma_scale: float, min_sigma: float) -> Tensor:
+    """``(..., grid * grid)`` Gaussian of each normalised cxcywh box over the patch centres.
+
+    The standard deviation along each axis is ``sigma_scale`` times the box's side (at least
+    ``min_sigma``), so the heatmap covers the box and fades outside it.
+    """
+    centres = (torch.arange(grid, device=boxes.device, dtype=boxes.dtype) + 0.5) / grid
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    cx, cy, w, h = boxes.unsqueeze(-1).unbind(-2)
+    sx = (w * sigma_scale).clamp_min(min_sigma)
+    sy = (h * sigma_scale).clamp_min(min_sigma)
+    return torch.exp(-0.5 * (((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2))

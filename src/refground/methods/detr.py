@@ -192,18 +192,13 @@ class Backbone(nn.Module):
 
 def sine_positions_2d(height: int, width: int, dim: int, device: torch.device,
                       temperature: float = 10000.0) -> Tensor:
-    """DETR's normalised 2D sine encoding, ``(height * width, dim)``: y in the first half."""
-    quarter = dim // 4
-    freqs = temperature ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
-
-    def encode(count: int) -> Tensor:
-        coords = (torch.arange(count, dtype=torch.float32, device=device) + 0.5) / count
-        angles = coords[:, None] * (2 * math.pi) / freqs
-        return torch.cat((angles.sin(), angles.cos()), dim=-1)  # (count, dim / 2)
-
-    pos_y = encode(height)[:, None, :].expand(height, width, 2 * quarter)
-    pos_x = encode(width)[None, :, :].expand(height, width, 2 * quarter)
-    return torch.cat((pos_y, pos_x), dim=-1).reshape(height * width, dim)
+    """DETR's normalised 2D sine encoding, ``(height * width, dim)``: y in the first half;
+    the :func:`sine_points` of the cell centres, row by row."""
+    ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1)
+    return sine_points(points, dim, temperature)
 
 
 def initial_references(count: int) -> Tensor:
@@ -217,8 +212,9 @@ def initial_references(count: int) -> Tensor:
 
 
 def sine_points(xy: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """``(..., dim)`` sine encoding of points in [0, 1] (y half first), the same frequencies
-    as :func:`sine_positions_2d`, so an anchor's encoding matches the image tokens' there."""
+    """``(..., dim)`` sine encoding of ``(x, y)`` points in [0, 1], y half first: what
+    :func:`sine_positions_2d` gives the image tokens, so an anchor on a token's centre has
+    exactly that token's encoding."""
     quarter = dim // 4
     freqs = temperature ** (torch.arange(quarter, dtype=torch.float32, device=xy.device)
                             / quarter)

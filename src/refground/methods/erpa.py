@@ -73,6 +73,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from refground import boxes as B
+from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
 from refground.images import load_image
@@ -306,12 +307,16 @@ class ErpaCollator:
         """Every text the batch's queries embed: entity spans, predicates, modifiers."""
         return graph_texts(self.graphs(samples))
 
+    def gt_proposals(self, sample: Sample) -> Proposals:
+        """The gt proposer's top-k boxes of a sample, from its annotations alone (no pixels)."""
+        assert isinstance(self.proposer, GroundTruthProposer)
+        return top_k(self.proposer.propose_sample(sample), self.config.top_k)
+
     def gt_detections(self, samples: Sequence[Sample],
                       graphs: Sequence[SceneGraph]) -> list[list[Proposals]]:
-        """``detections`` for the gt proposer, from the annotations alone (no pixels)."""
-        assert isinstance(self.proposer, GroundTruthProposer)
-        found = [top_k(self.proposer.propose_sample(s), self.config.top_k) for s in samples]
-        return [[props] * len(g.entities) for props, g in zip(found, graphs, strict=True)]
+        """``detections`` for the gt proposer (every entity gets the same boxes)."""
+        return [[self.gt_proposals(s)] * len(g.entities)
+                for s, g in zip(samples, graphs, strict=True)]
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         graphs = self.graphs(samples)
@@ -386,16 +391,10 @@ class ErpaCollator:
                                      keys)
         if self.config.node_crops:
             crops = self.features[CLIP_CROPS]
-            index: dict[str, int] = {}
-            node_crop = []
-            for key, layout in zip(keys, layouts, strict=True):
-                rows = [index.setdefault(crop_key(key, box), len(index))
-                        for box in layout.node_pixels]
-                node_crop.append(torch.tensor(rows, dtype=torch.long))
-            if not crops.has_all(index):
+            distinct, batch["node_crop"] = crop_index([lay.node_pixels for lay in layouts], keys)
+            if not crops.has_all(distinct):
                 return None
-            batch["crop_embeds"] = crops.gather(list(index))["embeds"]
-            batch["node_crop"] = pad_stack(node_crop)[0]
+            batch["crop_embeds"] = crops.gather(list(distinct))["embeds"]
         text_rows = words.gather(list(texts))
         batch["patches"] = images.gather(list(dict.fromkeys(keys)))["patches"]
         batch["text_pooled"], batch["text_embeds"] = text_rows["pooled"], text_rows["embeds"]
@@ -404,19 +403,26 @@ class ErpaCollator:
     def crops(self, images: Sequence[Tensor], node_pixels: Sequence[Tensor],
               keys: Sequence[str]) -> tuple[Tensor, Tensor]:
         """CLIP-ready crops of every distinct (image, box) and each node's crop index."""
-        index: dict[str, int] = {}
-        cut: list[Tensor] = []
-        node_crop = []
-        for image, boxes, key in zip(images, node_pixels, keys, strict=True):
-            rows = []
-            for box in boxes:
-                name = crop_key(key, box)
-                if name not in index:
-                    index[name] = len(cut)
-                    cut.append(crop_box(image, box))
-                rows.append(index[name])
-            node_crop.append(torch.tensor(rows, dtype=torch.long))
-        return preprocess_tensor(cut, self.crop_preprocess), pad_stack(node_crop)[0]
+        distinct, node_crop = crop_index(node_pixels, keys)
+        cut = [crop_box(images[sample], box) for sample, box in distinct.values()]
+        return preprocess_tensor(cut, self.crop_preprocess), node_crop
+
+
+def crop_index(node_pixels: Sequence[Tensor], keys: Sequence[str]
+               ) -> tuple[dict[str, tuple[int, Tensor]], Tensor]:
+    """Every distinct (image, box) of a batch, keyed by :func:`crop_key` in first-seen order
+    (value: a sample showing it and the box), and each node's index among them ``(B, N)``."""
+    distinct: dict[str, tuple[int, Tensor]] = {}
+    order: dict[str, int] = {}
+    rows = []
+    for sample, (boxes, key) in enumerate(zip(node_pixels, keys, strict=True)):
+        names = [crop_key(key, box) for box in boxes]
+        for name, box in zip(names, boxes, strict=True):
+            if name not in order:
+                order[name] = len(order)
+                distinct[name] = (sample, box)
+        rows.append(torch.tensor([order[name] for name in names], dtype=torch.long))
+    return distinct, pad_stack(rows)[0]
 
 
 def graph_texts(graphs: Sequence[SceneGraph]) -> list[str]:
@@ -435,21 +441,6 @@ def top_k(proposals: Proposals, k: int) -> Proposals:
 
 
 # --- the model --------------------------------------------------------------------------------
-
-def gaussian_heatmaps(boxes: Tensor, grid: int, sigma_scale: float, min_sigma: float) -> Tensor:
-    """``(..., grid * grid)`` Gaussian of each normalised cxcywh box over the patch centres.
-
-    The standard deviation along each axis is ``sigma_scale`` times the box's side (at least
-    ``min_sigma``), so the heatmap covers the box and fades outside it.
-    """
-    centres = (torch.arange(grid, device=boxes.device, dtype=boxes.dtype) + 0.5) / grid
-    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
-    xs, ys = xs.reshape(-1), ys.reshape(-1)
-    cx, cy, w, h = boxes.unsqueeze(-1).unbind(-2)
-    sx = (w * sigma_scale).clamp_min(min_sigma)
-    sy = (h * sigma_scale).clamp_min(min_sigma)
-    return torch.exp(-0.5 * (((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2))
-
 
 def union_cxcywh(a: Tensor, b: Tensor) -> Tensor:
     """The smallest box enclosing both (normalised cxcywh in, cxcywh out)."""
@@ -804,8 +795,7 @@ class ErpaMethod(TrainableMethod):
                   clip_text_group(encoder, collate.texts, identity)]
         if self.config.node_crops:
             groups.append(clip_crop_group(
-                encoder, lambda sample: top_k(collate.proposer.propose_sample(sample),
-                                              self.config.top_k).boxes, identity))
+                encoder, lambda sample: collate.gt_proposals(sample).boxes, identity))
         return groups
 
     def use_features(self, tables: Mapping[str, FeatureTable]) -> None:

@@ -51,6 +51,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from refground import boxes as B
+from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
@@ -317,8 +318,6 @@ def regression_loss(pred: Tensor, target: Tensor, *, huber_delta: float,
 def heatmap_loss(weights: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy from the ``(B, grid * grid)`` cell softmax to the target box's Gaussian
     (standard deviation half the box side, normalised over the cells)."""
-    from refground.methods.erpa import gaussian_heatmaps
-
     grid = math.isqrt(weights.shape[1])
     heat = gaussian_heatmaps(target.float().to(weights.device), grid, 0.5, 0.5 / grid)
     heat = heat / heat.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -8,26 +8,12 @@ more splits than training reads (``test`` for evaluation).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from refground.data.refer import load_refer_split
 from refground.devices import resolve_device
-from refground.errors import ConfigError
-from refground.methods import DatasetInfo, build_method
-from refground.methods.trainable import TrainableMethod, cache_features
+from refground.methods.trainable import cache_features
 from refground.train.config import TrainConfig
-from refground.types import Sample
+from refground.train.trainer import build_training_method, dataset_info, split_samples
 from refground.vision.feature_cache import FeatureTable
-
-
-def config_samples(config: TrainConfig, splits: Sequence[str]) -> list[Sample]:
-    data = config.data
-    limits = {data.train_split: data.train_limit, data.val_split: data.val_limit}
-    samples: list[Sample] = []
-    for split in splits:
-        loaded = load_refer_split(data.root, data.dataset, data.split_by, split, data.images)
-        samples += loaded.samples[:limits.get(split)]
-    return samples
 
 
 def build_cache(config: TrainConfig, extra_splits: Sequence[str] = (),
@@ -35,14 +21,12 @@ def build_cache(config: TrainConfig, extra_splits: Sequence[str] = (),
                 ) -> dict[str, FeatureTable]:
     """The config's method built as training builds it, its tables for the train and val
     splits (and ``extra_splits``) checked or built; ``{}`` when the method caches nothing."""
-    options = {k: v for k, v in config.options.items() if k != "device"}
-    method = build_method(config.method, device=resolve_device(config.train.device), **options)
-    if not isinstance(method, TrainableMethod):
-        raise ConfigError(f"method {config.method!r} is not trainable; nothing to cache")
+    method = build_training_method(config, resolve_device(config.train.device))
     data = config.data
-    info = DatasetInfo(Path(data.root), data.dataset, data.split_by,
-                       Path(data.images) if data.images else None)
+    info = dataset_info(data)
     method.prepare(info)
-    splits = list(dict.fromkeys([data.train_split, data.val_split, *extra_splits]))
-    return cache_features(method, config_samples(config, splits), info, log=log,
-                          progress=progress)
+    splits = {data.train_split: data.train_limit, data.val_split: data.val_limit}
+    splits.update({split: None for split in extra_splits if split not in splits})
+    samples = [sample for split, limit in splits.items()
+               for sample in split_samples(data, split, limit)]
+    return cache_features(method, samples, info, log=log, progress=progress)

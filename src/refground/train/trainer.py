@@ -42,7 +42,13 @@ from refground.train.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
-from refground.train.config import OptimConfig, TrainConfig, save_config, without_device
+from refground.train.config import (
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    save_config,
+    without_device,
+)
 from refground.train.data import StepPlan, epoch_loader
 from refground.types import Sample
 
@@ -261,6 +267,37 @@ def training_device(accelerator: Any, requested: torch.device, spec: str) -> tor
         "cuda", torch.cuda.current_device())
 
 
+def build_training_method(config: TrainConfig, device: torch.device) -> TrainableMethod:
+    """The configured method, built on ``device``. ``options.device`` may only agree with it
+    (``auto``, or the same device): where to train is ``train.device``'s choice."""
+    options = dict(config.options)
+    wanted = parse_device(options.get("device", AUTO))
+    if wanted is not None and not same_device(wanted, device):
+        raise ConfigError(
+            f"options.device={options['device']!r} disagrees with train.device="
+            f"{config.train.device!r}, which trains on {device}; the trainer "
+            "builds the method where it trains, so set train.device instead (and drop "
+            "options.device or set it to 'auto')")
+    options["device"] = device
+    method = build_method(config.method, **options)
+    if not isinstance(method, TrainableMethod):
+        raise ConfigError(f"method {config.method!r} is not trainable (trainable: "
+                          "regressor, detr, erpa)")
+    return method
+
+
+def dataset_info(data: DataConfig) -> DatasetInfo:
+    return DatasetInfo(Path(data.root), data.dataset, data.split_by,
+                       Path(data.images) if data.images else None)
+
+
+def split_samples(data: DataConfig, split: str, limit: int | None = None) -> list[Sample]:
+    """One split's samples, the first ``limit`` of them when given."""
+    samples = load_refer_split(data.root, data.dataset, data.split_by, split,
+                               data.images).samples
+    return list(samples[:limit])
+
+
 class Trainer:
     """Train ``config.method`` on ``config.data``; see the module docstring for the loop."""
 
@@ -282,14 +319,15 @@ class Trainer:
         set_seed(loop.seed)
         self.plan = StepPlan(loop.batch_size, loop.grad_accum, self.accelerator.num_processes,
                              self.accelerator.process_index)
-        self.method = method if method is not None else self._build_method()
+        self.method = (method if method is not None
+                       else build_training_method(config, self.device))
         self.on_validation = on_validation
         self.progress = progress
         self.log = log if self.accelerator.is_main_process else (lambda _: None)
-        self.train_samples, self.val_samples = self._load_data()
         data = config.data
-        info = DatasetInfo(Path(data.root), data.dataset, data.split_by,
-                           Path(data.images) if data.images else None)
+        self.train_samples = split_samples(data, data.train_split, data.train_limit)
+        self.val_samples = split_samples(data, data.val_split, data.val_limit)
+        info = dataset_info(data)
         self.method.prepare(info)
         if loop.feature_cache:  # the main process builds it, the others then read it
             with self.accelerator.main_process_first():
@@ -309,32 +347,6 @@ class Trainer:
         self.method.device = self.device  # prepare() moved a given method's model here
         self.state = TrainState()
         self.checkpoints = config.out / "checkpoints"
-
-    def _build_method(self) -> TrainableMethod:
-        """The configured method, built on :attr:`device`. ``options.device`` may only agree
-        with it (``auto``, or the same device): where to train is ``train.device``'s choice."""
-        options = dict(self.config.options)
-        wanted = parse_device(options.get("device", AUTO))
-        if wanted is not None and not same_device(wanted, self.device):
-            raise ConfigError(
-                f"options.device={options['device']!r} disagrees with train.device="
-                f"{self.config.train.device!r}, which trains on {self.device}; the trainer "
-                "builds the method where it trains, so set train.device instead (and drop "
-                "options.device or set it to 'auto')")
-        options["device"] = self.device
-        method = build_method(self.config.method, **options)
-        if not isinstance(method, TrainableMethod):
-            raise ConfigError(f"method {self.config.method!r} is not trainable (trainable: "
-                              "regressor, detr, erpa)")
-        return method
-
-    def _load_data(self) -> tuple[list[Sample], list[Sample]]:
-        data = self.config.data
-        train = load_refer_split(data.root, data.dataset, data.split_by, data.train_split,
-                                 data.images).samples[:data.train_limit]
-        val = load_refer_split(data.root, data.dataset, data.split_by, data.val_split,
-                               data.images).samples[:data.val_limit]
-        return list(train), list(val)
 
     # --- checkpoints ----------------------------------------------------------------------
 

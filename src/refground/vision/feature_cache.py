@@ -213,12 +213,12 @@ def ensure_table(group: FeatureGroup, items: Sequence[Any], directory: Path, dat
                 return table
             existing, keys = dict(table.tensors()), list(table.keys)
             log(f"{path.name}: adding {sum(k not in table for k in wanted)} rows")
-    missing = [k for k in wanted if k not in set(keys)]
+    known = set(keys)
+    missing = [k for k in wanted if k not in known]
     computed = compute_rows(group, [wanted[k] for k in missing], progress)
     merged = {name: pad_cat([existing[name], column]) if name in existing else column
               for name, column in computed.items()} if existing else computed
-    write_table(path, merged, keys + missing, group, dataset)
-    return FeatureTable.open(path)
+    return write_table(path, merged, keys + missing, group, dataset)
 
 
 def compute_rows(group: FeatureGroup, payloads: list[Any], progress: bool) -> dict[str, Tensor]:
@@ -246,9 +246,10 @@ def pad_cat(parts: Sequence[Tensor]) -> Tensor:
 
 
 def write_table(path: Path, columns: Mapping[str, Tensor], keys: list[str],
-                group: FeatureGroup, dataset: str) -> None:
+                group: FeatureGroup, dataset: str) -> FeatureTable:
     """Tensor file first, manifest last, each atomically: a crash leaves no valid-looking
-    manifest over a partial file."""
+    manifest over a partial file. Returns the table (its checksum was just computed from
+    the file written, so it is not read back to be checked again)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,3 +264,4 @@ def write_table(path: Path, columns: Mapping[str, Tensor], keys: list[str],
     temporary = manifest_path(path).with_name(path.stem + ".json.partial")
     temporary.write_text(json.dumps(manifest, indent=1, default=str))
     os.replace(temporary, manifest_path(path))
+    return FeatureTable(path, {k: i for i, k in enumerate(keys)}, tuple(manifest["columns"]))

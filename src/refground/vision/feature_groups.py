@@ -42,13 +42,15 @@ def decode(path: Path) -> Tensor:
     return pil_to_tensor(load_image(path))
 
 
+def image_rows(samples: Sequence[Sample]) -> dict[str, Path]:
+    """The rows of a per-image table: each distinct image's key and its path."""
+    return {image_key(s.image_path): s.image_path for s in samples}
+
+
 def clip_image_group(encoder: ClipEncoder, preprocess: ClipPreprocessConfig,
                      identity: dict[str, Any] | None = None) -> FeatureGroup:
     """Per image: patch tokens ``(P, hidden)`` and the normalised embedding, after
     ``preprocess`` (the method's squash, not CLIP's crop)."""
-
-    def rows(samples: Sequence[Sample]) -> dict[str, Any]:
-        return {image_key(s.image_path): s.image_path for s in samples}
 
     def compute(paths: list[Path]) -> dict[str, Tensor]:
         pixels = preprocess_tensor([decode(p) for p in paths], preprocess, device=encoder.device)
@@ -57,7 +59,7 @@ def clip_image_group(encoder: ClipEncoder, preprocess: ClipPreprocessConfig,
 
     return FeatureGroup(CLIP_IMAGES, {"clip": identity or clip_identity(encoder),
                                       "preprocess": dataclasses.asdict(preprocess)},
-                        rows, compute, batch_size=encoder.batch_size)
+                        image_rows, compute, batch_size=encoder.batch_size)
 
 
 def crop_key(image: str, box: Tensor) -> str:
@@ -111,11 +113,7 @@ def clip_text_group(encoder: ClipEncoder, texts_of: Callable[[Sequence[Sample]],
 def pixel_group(name: str, identity: dict[str, Any],
                 to_pixels: Callable[[Sequence[Path]], Tensor]) -> FeatureGroup:
     """Per image: a trainable CNN's input, already decoded, resized and normalised."""
-
-    def rows(samples: Sequence[Sample]) -> dict[str, Any]:
-        return {image_key(s.image_path): s.image_path for s in samples}
-
-    return FeatureGroup(name, identity, rows, lambda paths: {"pixels": to_pixels(paths)})
+    return FeatureGroup(name, identity, image_rows, lambda paths: {"pixels": to_pixels(paths)})
 
 
 def token_group(name: str, tower: nn.Module, tokenizer: Any, max_length: int,
