@@ -220,3 +220,18 @@ def assert_printed_table_matches_predictions(output: str, out: Path) -> None:
             f"{100 * sum(i >= t for i in ious) / len(ious):.1f}" for t in (0.5, 0.75, 0.9)]
         expected.append(f"{100 * sum(ious) / len(ious):.1f}")
         assert rows[display] == expected, (display, rows[display], expected)
+
+
+def test_export_refuses_bad_arguments_with_one_line(tmp_path: Path) -> None:
+    """A malformed --eval and a directory that is no training run are named, not traced."""
+    base = [sys.executable, "-m", "refground", "export", "--out", str(tmp_path / "out"),
+            "--data", "d", "--command", "c"]
+    bad_eval = subprocess.run([*base, "--run", str(tmp_path), "--eval", "test"],
+                              capture_output=True, text=True, check=False)
+    assert bad_eval.returncode == 2 and "--eval takes SPLIT=DIR, got 'test'" in bad_eval.stderr
+    no_run = subprocess.run([*base, "--run", str(tmp_path / "nothing")],
+                            capture_output=True, text=True, check=False)
+    assert no_run.returncode == 2 and "cannot read method file" in no_run.stderr
+    for result in (bad_eval, no_run):
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
