@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from refground import boxes as B
 from refground.data.refer import load_refer_split
 from refground.data.synth import generate_synthref
 from refground.data.synth.expressions import TRUE, _box_gaps, _directional, _next_to
@@ -25,12 +26,17 @@ from refground.language import spatial
 from refground.methods import METHODS, build_method
 from refground.methods.crop_rank import CropRank
 from refground.methods.graph_resolve import (
+    LOG_FLOOR,
     GraphResolve,
     GraphResolver,
     ResolveConfig,
+    likely_pairs,
     log_membership,
+    pair_truth,
 )
+from refground.methods.proposal_scoring import ScoringItem
 from refground.types import Entity, Relation, Sample, SceneGraph
+from refground.vision.proposals import Proposals
 
 # Three boxes in a row near the bottom of a 100 x 200 image, and one high above the middle one.
 ROW = torch.tensor([[0.0, 140, 10, 150], [20, 140, 30, 150], [40, 140, 50, 150],
@@ -429,7 +435,7 @@ def test_dropped_parts_reach_predictions_metrics_and_the_cli(
     from refground.evaluate.runner import evaluate, read_predictions
     from refground.evaluate.table import graph_use_line
 
-    method = GraphResolve(graphs="parsed", parser_backend="rules")
+    method = GraphResolve(graphs="parsed", parser_backend="rules", pair_candidates=0)
     method.scorer = crop_rank
     base = synth_samples[:4]
     texts = ["the circle behind the square", "the square left of the circle",
@@ -449,6 +455,75 @@ def test_dropped_parts_reach_predictions_metrics_and_the_cli(
     # methods without graphs report nothing of the kind
     plain = evaluate(crop_rank, samples, progress=False).metrics
     assert "dropped_relations" not in plain
+
+
+def test_relations_without_geometry_are_scored_on_pair_boxes(
+        synth_samples: list[Sample], crop_rank: CropRank,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """"holding" / "behind" have no geometry: the scorer reads "subject predicate object" on
+    the union boxes of the likeliest pairs, and the referent's score is the resolver's formula
+    with that pair truth (computed here from the scorer's own scores)."""
+    method = GraphResolve(graphs="parsed", parser_backend="rules", pair_candidates=2)
+    method.scorer = crop_rank
+    base = next(s for s in synth_samples if len(s.annotations) >= 3)
+    sample = replace(base, expression="the red circle holding the blue square")
+    asked: list[list[str]] = []
+    original = crop_rank.score
+
+    def recording(items):  # type: ignore[no-untyped-def]
+        asked.append([item.sample.expression for item in items])
+        return original(items)
+
+    monkeypatch.setattr(crop_rank, "score", recording)
+    [prediction] = method.predict([sample])
+    monkeypatch.undo()
+    assert prediction.graph_use is not None
+    assert prediction.graph_use.used_relations == ("holding",)
+    assert prediction.graph_use.dropped_relations == ()
+    assert asked[-1] == ["red circle holding blue square"]  # one pair query, second call
+
+    # the same numbers from the public pieces
+    [item] = crop_rank.prepare_items([sample], None)
+    assert len(asked) == 2 and len(asked[0]) == 2  # the two entities' phrases, then the pair
+    circle, square = (crop_rank.score([replace(item, sample=replace(sample, expression=t))])[0]
+                      for t in asked[0])
+    config = method.config
+    members = [log_membership(v.float(), config.membership, config.temperature)
+               for v in (circle, square)]
+    pairs = likely_pairs(members[0], members[1], 2)
+    assert len(pairs) >= 2 and all(i != j for i, j in pairs.tolist())
+    union = B.enclosing_box(item.proposals.boxes[pairs[:, 0]], item.proposals.boxes[pairs[:, 1]])
+    pair_item = ScoringItem(replace(sample, expression="red circle holding blue square"),
+                            item.pixels, Proposals(union, torch.zeros(len(pairs)),
+                                                   ("p",) * len(pairs)))
+    [pair_scores] = crop_rank.score([pair_item])
+    values = log_membership(pair_scores.float(), config.membership, config.temperature).exp()
+    n = len(item.proposals)
+    truth = torch.full((n, n), float(values.min()))
+    truth[pairs[:, 0], pairs[:, 1]] = values
+    anchor = torch.softmax(members[1], dim=0)
+    expected = members[0] + config.relation_weight * torch.log(truth @ anchor + LOG_FLOOR)
+    best = int(expected.argmax())
+    assert prediction.box == B.to_tuple(item.proposals.boxes[best])
+    assert prediction.score == pytest.approx(float(expected[best]), abs=1e-5)
+
+
+def test_pair_truth_and_likely_pairs() -> None:
+    pairs = likely_pairs(torch.tensor([0.0, -5.0, -1.0]), torch.tensor([-3.0, 0.0, -0.5]), 2)
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (0, 2), (2, 1)]  # (2, 2) left out
+    truth = pair_truth(pairs, torch.tensor([0.2, 0.5, 0.1]), 3, ResolveConfig(temperature=0.1))
+    assert truth[0, 2] == 1.0  # the best pair
+    assert float(truth[0, 1]) == pytest.approx(math.exp(-3.0))
+    assert float(truth[1, 1]) == pytest.approx(math.exp(-4.0))  # unscored: the lowest value
+
+
+@pytest.mark.parametrize(("written", "canonical"), [
+    ("sitting on top of", "on"), ("lying on", "on"), ("parked next to", "next to"),
+    ("standing to the left of", "left of"), ("on top of", "on"), ("holding", "holding"),
+    ("behind", "behind")])
+def test_a_verb_before_a_geometric_predicate_is_dropped(written: str, canonical: str) -> None:
+    assert spatial.canonical_predicate(written) == canonical
+    assert spatial.has_geometry(written) == (canonical in spatial.GEOMETRIC_PREDICATES)
 
 
 def test_one_plain_entity_equals_the_scorer(synth_samples: list[Sample],

@@ -6,9 +6,10 @@ encoded bytes) is written once to a private temporary directory as PNG and the m
 it from there like any dataset image. Nothing else about a method changes between
 ``refground eval`` and ``Grounder.ground``.
 
-Methods that choose among proposals need candidate boxes. With a detector proposer
-(``proposals="owlvit"``, ...) they come from the image; with ``proposals="gt"`` (the default of
-the CLIP methods, and the only one that works offline here) pass them as ``boxes=``.
+Methods that choose among proposals need candidate boxes. Pass them as ``boxes=``; without
+them the Grounder's ``detector`` (``"auto"``: the default detector, the shipped
+``synthref-det``) finds them in the image, so ``ground(image, text)`` works from text alone.
+A method built with its own detector proposer (``proposals="owlvit"``, ...) detects by itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from refground import boxes as B
+from refground.defaults import DEFAULT_DETECTOR, DEFAULT_METHOD
 from refground.errors import BoxError, ImageError, InputError
 from refground.images import load_image
 from refground.methods.base import Method, build_method
@@ -34,6 +36,7 @@ from refground.types import Annotation, Prediction, Sample
 
 #: Longest expression accepted: referring expressions are a sentence, not a document.
 MAX_TEXT_CHARS = 1000
+
 
 GroundImage = str | Path | bytes | Image.Image | np.ndarray
 BoxLike = Sequence[float]
@@ -108,13 +111,22 @@ class Grounder:
     workdir: Path
     _lock: Any
     _cleanup: Any
+    #: Proposer name for candidate boxes when none are given (None: boxes are required).
+    detector: str | None = DEFAULT_DETECTOR
+    #: Options of that proposer (``model``, ``top_k``, ...).
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    _built: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, method: str = "visual-prompt", **options: Any) -> Grounder:
-        """Build a registered method (``refground methods`` lists them) with its options."""
+    def load(cls, method: str = DEFAULT_METHOD, *, detector: str | None = DEFAULT_DETECTOR,
+             detector_options: dict[str, Any] | None = None, **options: Any) -> Grounder:
+        """Build a registered method (``refground methods`` lists them) with its options;
+        ``detector`` (a proposer name, with ``detector_options``) finds candidate boxes for
+        inputs given without them."""
         built = build_method(method, **options)
         temporary = tempfile.TemporaryDirectory(prefix="refground-")
-        return cls(built, method, Path(temporary.name), threading.Lock(), temporary)
+        return cls(built, method, Path(temporary.name), threading.Lock(), temporary, detector,
+                   dict(detector_options or {}))
 
     def ground(self, image: GroundImage, text: str,
                boxes: Sequence[BoxLike] | None = None) -> Prediction:
@@ -133,8 +145,44 @@ class Grounder:
                    for i, (image, text) in enumerate(zip(images, texts, strict=True))]
         if not samples:
             return []
+        missing = [i for i in range(len(samples)) if boxes is None or boxes[i] is None]
         with self._lock:
-            return self.method.predict(samples)
+            return self.method.predict(self.detect_missing(samples, missing))
+
+    def detect_missing(self, samples: list[Sample], missing: Sequence[int]) -> list[Sample]:
+        """``samples[i]`` for ``i`` in ``missing`` were given without boxes: for a method that
+        needs candidate boxes they get the detector's (each image detected once)."""
+        if not self.method.needs_annotations or not missing:
+            return samples
+        detector = self.detector_proposer()
+        by_path: dict[Path, Sample] = {}
+        for i in missing:
+            by_path.setdefault(samples[i].image_path, samples[i])
+        found = detector.propose([load_image(p) for p in by_path], list(by_path.values()))
+        detected = {path: tuple(Annotation(ann_id=k, box=c.box, category_id=0,
+                                           category=c.label)
+                                for k, c in enumerate(props.candidates()))
+                    for path, props in zip(by_path, found, strict=True)}
+        out = list(samples)
+        for i in missing:
+            out[i] = replace(samples[i], annotations=detected[samples[i].image_path])
+        return out
+
+    def detector_proposer(self) -> Any:
+        """The detector, built on first use (on the method's device when it has one)."""
+        if self.detector is None:
+            raise InputError(f"{self.method_name} chooses among candidate boxes and this "
+                             "Grounder has no detector: pass boxes=[[x0, y0, x1, y1], ...] or "
+                             f"load it with detector={DEFAULT_DETECTOR!r}")
+        if "detector" not in self._built:
+            from refground.vision.proposals import build_proposer, proposer_takes_device
+
+            options = dict(self.detector_options)
+            device = getattr(self.method, "device", None)
+            if device is not None and proposer_takes_device(self.detector):
+                options.setdefault("device", device)
+            self._built["detector"] = build_proposer(self.detector, **options)
+        return self._built["detector"]
 
     def sample(self, index: int, image: GroundImage, text: str,
                boxes: Sequence[BoxLike] | None) -> Sample:
@@ -151,10 +199,8 @@ class Grounder:
             annotations = tuple(Annotation(ann_id=k, box=box, category_id=0, category="object")
                                 for k, box in enumerate(check_boxes(boxes, pil.width,
                                                                     pil.height)))
-        elif self.method.needs_annotations:
-            raise InputError(f"{self.method_name} chooses among candidate boxes and has no "
-                             "detector (proposals='gt'): pass boxes=[[x0, y0, x1, y1], ...] or "
-                             "build it with a detector (proposals='owlvit', ...)")
+        elif self.method.needs_annotations and self.detector is None:
+            self.detector_proposer()  # raises: boxes are needed
         return Sample(sample_id=str(index), image_path=path, width=pil.width, height=pil.height,
                       expression=expression, annotations=annotations)
 

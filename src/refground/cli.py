@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from refground.defaults import DEFAULT_METHOD
 from refground.errors import ConfigError, RefgroundError
 
 if TYPE_CHECKING:
@@ -63,11 +64,13 @@ def synth(
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the registered grounding methods."""
+    """List the registered grounding methods, each with what it does."""
     from refground.methods import METHODS
 
+    width = max(len(name) for name in METHODS.names())
     for name in METHODS.names():
-        console.print(name)
+        summary = getattr(METHODS.get(name), "summary", "")
+        console.print(f"{name:<{width}}  {summary}".rstrip(), highlight=False)
 
 
 @app.command("parse")
@@ -122,8 +125,9 @@ def eval_command(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
     proposals: Annotated[str | None, typer.Option(
-        help="Proposer for proposal-based methods (gt, owlvit, grounding-dino, detr, yolo); "
-             "same as -o proposals=NAME.")] = None,
+        help="Proposer for proposal-based methods: gt (the annotated boxes), auto (the "
+             "default detector, the shipped synthref-det), centernet, owlvit, grounding-dino, "
+             "detr, yolo; same as -o proposals=NAME.")] = None,
     option: Annotated[list[str], typer.Option(
         "--option", "-o", help="Method option key=value (repeatable).")] = [],  # noqa: B006
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -288,6 +292,47 @@ def export_command(
                   f"({record['size_bytes'] / 2**20:.1f} MB)")
 
 
+@app.command("train-detector")
+def train_detector(
+    config: Annotated[Path, typer.Option(help="Detector YAML (configs/synthref-det.yaml).")],
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in the config's out directory from checkpoints/last.")] = False,
+    override: Annotated[list[str], typer.Option(
+        "--set", help="Override a config value: section.key=value (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Train the class-agnostic CenterNet detector (the `centernet` / `auto` proposer)."""
+    from refground.train.config import parse_override
+    from refground.train.detector import DetectorTrainer, load_detector_config
+
+    detector_config = load_detector_config(config,
+                                           dict(parse_override(pair) for pair in override))
+    summary = DetectorTrainer(detector_config, log=console.print).fit(resume=resume)
+    console.print(f"best val recall@0.5 top-50 {summary['best_metric']:.4f} after "
+                  f"{summary['epochs_completed']} epochs ({summary['seconds']:.0f} s); "
+                  f"export with refground export-detector --run {detector_config.out}")
+
+
+@app.command("export-detector")
+def export_detector_command(
+    run: Annotated[Path, typer.Option(help="A `refground train-detector` output directory.")],
+    out: Annotated[Path, typer.Option(help="Directory of the exported detector.")],
+    data: Annotated[str, typer.Option(help="The data recipe (commands that made the data).")],
+    command: Annotated[str, typer.Option(help="The exact training command.")],
+    split: Annotated[list[str], typer.Option(
+        help="Measure referent recall of the export on this split of the run's dataset "
+             "(repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Export a detector run's best checkpoint in float16 with its training.json (and the
+    export's recall on the given splits)."""
+    from refground.train.detector import export_detector
+
+    record = export_detector(run, out, data_recipe=data, command=command, splits=split)
+    console.print(f"exported the detector to {out} ({record['size_bytes'] / 2**20:.1f} MB)")
+    for name, recall in record.get("test", {}).items():
+        console.print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in recall.items()
+                                               if k.startswith("recall")))
+
+
 @app.command()
 def tune(
     config: Annotated[Path, typer.Option(help="Training YAML with a tune: section.")],
@@ -384,15 +429,16 @@ def predict(
     image: Annotated[Path, typer.Option(help="The image file.")],
     text: Annotated[str, typer.Option(help="The referring expression (quote it).")],
     method: Annotated[str, typer.Option(
-        help="Registered method name (see `refground methods`).")] = "crop-rank",
+        help="Registered method name (see `refground methods`).")] = DEFAULT_METHOD,
     proposals: Annotated[str | None, typer.Option(
-        help="Proposer for proposal-based methods (gt, owlvit, ...); same as "
-             "-o proposals=NAME.")] = None,
+        help="Proposer for proposal-based methods (auto, centernet, owlvit, ...); same as "
+             "-o proposals=NAME. Without it, given --boxes are the candidates, else the "
+             "default detector's.")] = None,
     option: Annotated[list[str], typer.Option(
         "--option", "-o", help="Method option key=value (repeatable).")] = [],  # noqa: B006
     boxes: Annotated[str | None, typer.Option(
-        help="Candidate boxes as JSON, xyxy pixels: '[[x0,y0,x1,y1], ...]' (needed with "
-             "proposals=gt).")] = None,
+        help="Candidate boxes as JSON, xyxy pixels: '[[x0,y0,x1,y1], ...]'; without them "
+             "the default detector (auto: the shipped synthref-det) finds them.")] = None,
     boxes_file: Annotated[Path | None, typer.Option(
         help="A JSON file holding the candidate boxes (a list, or {\"boxes\": [...]}).")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -530,7 +576,7 @@ def serve(
         help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     method: Annotated[str, typer.Option(
-        help="Method for requests that name none (see `refground methods`).")] = "visual-prompt",
+        help="Method for requests that name none (see `refground methods`).")] = DEFAULT_METHOD,
     also: Annotated[list[str], typer.Option(
         help="Another method requests may pick (repeatable); requests can use no method the "
              "server was not started with.")] = [],  # noqa: B006

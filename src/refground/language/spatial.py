@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ PREDICATE_ALIASES: dict[str, str] = {
     "to the left of": "left of", "on the left of": "left of", "on the left side of": "left of",
     "to the right of": "right of", "on the right of": "right of",
     "on the right side of": "right of",
-    "over": "above", "on top of": "above", "under": "below", "beneath": "below",
+    "over": "above", "on top of": "on", "under": "below", "beneath": "below",
     "underneath": "below",
     "near": "next to", "beside": "next to", "by": "next to", "close to": "next to",
     "nearest to": "closest to", "nearest": "closest to", "closest": "closest to",
@@ -48,6 +49,8 @@ PREDICATE_ALIASES: dict[str, str] = {
     "within": "inside", "inside of": "inside",
     "larger than": "bigger than", "greater than": "bigger than",
 }
+#: Endings of the participles that lead a predicate ("sitting on", "parked behind").
+VERB_ENDINGS = ("ing", "ed")
 DIRECTION_ORDER = ("left", "right", "top", "bottom")
 _AXIS_SIGN = {"left": (0, 1.0), "right": (0, -1.0), "top": (1, 1.0), "bottom": (1, -1.0)}
 SUPERLATIVES: dict[str, str] = {
@@ -160,8 +163,20 @@ def box_gaps(boxes: Tensor) -> Tensor:
 
 
 def canonical_predicate(predicate: str) -> str:
+    """The canonical name of a predicate: aliases mapped ("beside" -> "next to"), and a verb
+    before a geometric predicate dropped ("lying on" -> "on", "parked next to" -> "next to"),
+    as the parser's lexicon reads them. Anything else is kept as written ("holding")."""
     text = " ".join(predicate.lower().split())
-    return PREDICATE_ALIASES.get(text, text)
+    text = PREDICATE_ALIASES.get(text, text)
+    words = text.split()
+    for start in range(1, len(words)):
+        if not all(word.endswith(VERB_ENDINGS) for word in words[:start]):
+            break
+        rest = " ".join(words[start:])
+        rest = PREDICATE_ALIASES.get(rest, rest)
+        if rest in GEOMETRIC_PREDICATES:
+            return rest
+    return text
 
 
 # --- binary relations ---------------------------------------------------------------------------
@@ -236,9 +251,26 @@ def bigger_than(geometry: Geometry) -> Tensor:
     return _off_diagonal(ramp(log_ratio, 0.0, math.log(1.6)))
 
 
+#: "i predicate j" matrices of the canonical predicates that need only the boxes.
+RELATION_BUILDERS: dict[str, Callable[[Geometry], Tensor]] = {
+    "left of": lambda geometry: directional(geometry, 0),
+    "right of": lambda geometry: directional(geometry, 0).T,
+    "above": lambda geometry: directional(geometry, 1),
+    "below": lambda geometry: directional(geometry, 1).T,
+    "next to": next_to,
+    "far from": far_from,
+    "in": containment,
+    "inside": containment,
+    "on": resting_on,
+    "bigger than": bigger_than,
+    "smaller than": lambda geometry: bigger_than(geometry).T,
+}
+
+
 def relation(predicate: str, geometry: Geometry, members: Tensor | None = None
              ) -> Tensor | None:
-    """``(N, N)`` truth of ``[i, j]`` = "i predicate j", or ``None`` for unknown predicates.
+    """``(N, N)`` truth of ``[i, j]`` = "i predicate j", or ``None`` for predicates without
+    geometry (:func:`has_geometry`).
 
     ``members`` (``(N,)``) is the subject's membership, needed only by "closest to"; without it
     every proposal counts as a competitor.
@@ -246,21 +278,19 @@ def relation(predicate: str, geometry: Geometry, members: Tensor | None = None
     name = canonical_predicate(predicate)
     if name == "closest to":
         return closest_to(geometry, torch.ones(len(geometry)) if members is None else members)
-    builders = {
-        "left of": lambda: directional(geometry, 0),
-        "right of": lambda: directional(geometry, 0).T,
-        "above": lambda: directional(geometry, 1),
-        "below": lambda: directional(geometry, 1).T,
-        "next to": lambda: next_to(geometry),
-        "far from": lambda: far_from(geometry),
-        "in": lambda: containment(geometry),
-        "inside": lambda: containment(geometry),
-        "on": lambda: resting_on(geometry),
-        "bigger than": lambda: bigger_than(geometry),
-        "smaller than": lambda: bigger_than(geometry).T,
-    }
-    builder = builders.get(name)
-    return builder() if builder is not None else None
+    builder = RELATION_BUILDERS.get(name)
+    return builder(geometry) if builder is not None else None
+
+
+#: Canonical predicates with geometry: :func:`relation`'s and :func:`between`.
+GEOMETRIC_PREDICATES: frozenset[str] = frozenset(
+    (*RELATION_BUILDERS, "closest to", "between"))
+
+
+def has_geometry(predicate: str) -> bool:
+    """Whether the predicate's truth follows from the boxes alone ("left of" does; "holding",
+    "wearing", "behind" need the pixels)."""
+    return canonical_predicate(predicate) in GEOMETRIC_PREDICATES
 
 
 def between(geometry: Geometry) -> Tensor:

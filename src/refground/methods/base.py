@@ -35,6 +35,8 @@ class Method(ABC):
     """
 
     name: str = "method"
+    #: One line saying what the method does, for `refground methods` and the web page.
+    summary: str = ""
     #: Where the method computes: a concrete device, resolved once when the method is built
     #: from its ``device`` option (default ``"auto"``, see :mod:`refground.devices`). Methods
     #: without a model (the heuristics) compute on the CPU.

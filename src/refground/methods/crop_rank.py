@@ -30,6 +30,7 @@ def crop_pixels(item: ScoringItem) -> list[Tensor]:
 @METHODS.register("crop-rank")
 class CropRank(ProposalScoringMethod):
     name = "crop-rank"
+    summary = "each candidate box cropped and ranked by CLIP similarity to the expression"
 
     def __init__(self, template: str = "{}", **options: object) -> None:
         if "{}" not in template:

@@ -433,6 +433,7 @@ class DetrMethod(TrainableMethod):
     """Text-conditioned DETR: one referent logit per query, the best query's box wins."""
 
     name = "detr"
+    summary = "trained: a text-conditioned detection transformer predicts the box (no candidates)"
     config_type: ClassVar[type[MethodConfig]] = DetrConfig
     frozen_prefixes: ClassVar[tuple[str, ...]] = (TEXT_PREFIX,)
     freeze_option: ClassVar[str | None] = "freeze_text"

@@ -756,6 +756,8 @@ class ErpaMethod(TrainableMethod):
     """ERP-A; see the module docstring."""
 
     name = "erpa"
+    summary = ("trained ERP-A: the parsed objects' candidate boxes attend to CLIP patches; a "
+               "head picks the box")
     config_type = ErpaConfig
     frozen_prefixes = ("clip.",)
     freeze_option = "freeze_clip"

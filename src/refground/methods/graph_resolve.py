@@ -20,6 +20,13 @@ modifiers such as "leftmost" or "second from the top" sit on entities) and
    (its modifiers and *its* relations applied recursively, normalised), and ``r_pred`` the soft
    truth of the relation.
 
+A relation without geometry ("holding", "wearing", "riding", "behind", "of", any predicate
+not in :data:`~refground.language.spatial.GEOMETRIC_PREDICATES`) is scored by the scorer itself,
+as ReCLIP scores what its spatial rules do not cover with CLIP: the phrase "subject predicate
+object" against the union box of each likely (subject, object) pair (the top
+``pair_candidates`` proposals of each end by membership), turned into memberships like an
+entity's scores; so no relation is dropped for want of geometry.
+
 A graph with no entities (the parser could not structure the expression, or a gold graph is
 missing) falls back to the scorer's own prediction on the full expression.
 """
@@ -35,12 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from refground import boxes as B
 from refground.errors import ConfigError
 from refground.language import spatial
 from refground.methods.base import METHODS, DatasetInfo, Method
 from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
 from refground.types import Entity, GraphUse, Prediction, Sample, SceneGraph
-from refground.vision.proposals import graph_queries
+from refground.vision.proposals import Proposals, graph_queries
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +164,9 @@ class GraphResolver:
     log_members: list[Tensor]  # per entity, (N,)
     geometry: spatial.Geometry
     config: ResolveConfig
+    #: Relation number -> ``(N, N)`` truth of "i predicate j" from the scorer on pair boxes,
+    #: for the relations without geometry (see :func:`pair_truth`).
+    scored_relations: Mapping[int, Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     used_relations: set[int] = field(default_factory=set)  # relation numbers
     used_modifiers: set[tuple[int, int]] = field(default_factory=set)  # (entity, position)
@@ -253,6 +264,8 @@ class GraphResolver:
         subject_members = self.members(index if forward else other)
         matrix = spatial.relation(relation.predicate, self.geometry, subject_members)
         if matrix is None:
+            matrix = self.scored_relations.get(number)
+        if matrix is None:
             self.note(f"no geometry for predicate {relation.predicate!r}")
             return torch.zeros(len(self.geometry))
         if not forward:
@@ -283,6 +296,46 @@ class GraphResolver:
         self.used_relations.update(number for number, _ in objects[:2])
         values = torch.einsum("ijk,jk->i", spatial.between(self.geometry), pairs / total)
         return torch.log(values + LOG_FLOOR)
+
+
+# --- relations without geometry: the scorer on pairs ------------------------------------------
+
+@dataclass(frozen=True)
+class PairQuery:
+    """One relation of one sample scored on pair boxes: ``pairs[k] = (i, j)`` is scored by the
+    batch's query ``query`` at its proposal ``k`` (the union box of proposals i and j)."""
+
+    relation: int
+    pairs: Tensor  # (P, 2) long
+    query: int
+
+
+def relation_text(graph: SceneGraph, relation_number: int) -> str:
+    """What the scorer reads for a pair: "[attributes] subject predicate [attributes] object"
+    ("man holding umbrella"), short as CLIP prompts go."""
+    relation = graph.relations[relation_number]
+    subject, obj = graph.entities[relation.subject], graph.entities[relation.object]
+    return " ".join((entity_text(subject, "noun"), relation.predicate.strip(),
+                     entity_text(obj, "noun")))
+
+
+def likely_pairs(subject: Tensor, obj: Tensor, count: int) -> Tensor:
+    """``(P, 2)`` (i, j), i != j: the ``count`` likeliest subjects times the ``count`` likeliest
+    objects (by log-membership), so a scene of N proposals costs count^2 crops, not N^2."""
+    top_subjects = subject.topk(min(count, len(subject))).indices
+    top_objects = obj.topk(min(count, len(obj))).indices
+    pairs = torch.cartesian_prod(top_subjects, top_objects).reshape(-1, 2)
+    return pairs[pairs[:, 0] != pairs[:, 1]]
+
+
+def pair_truth(pairs: Tensor, scores: Tensor, n: int, config: ResolveConfig) -> Tensor:
+    """``(N, N)`` truth of "i predicate j": the pairs' scores as memberships (the best pair 1,
+    the others by how far they fall short, as for an entity's proposals); pairs not scored
+    get the lowest scored value, no evidence either way beyond the worst tested pair."""
+    values = log_membership(scores.float().cpu(), config.membership, config.temperature).exp()
+    matrix = torch.full((n, n), float(values.min()))
+    matrix[pairs[:, 0], pairs[:, 1]] = values
+    return matrix
 
 
 # --- the method ---------------------------------------------------------------------------------
@@ -342,6 +395,9 @@ class GraphResolve(Method):
     * ``modifier_weight`` / ``relation_weight``: multipliers of the geometric log terms;
     * ``entity_text``: ask the scorer about the entity's ``span`` as written ("the bigger of
       the two red squares") or just its ``noun`` ("red square");
+    * ``pair_candidates`` (4): for a relation without geometry, the likeliest proposals of
+      each end whose union boxes the scorer reads with "subject predicate object" (0: such
+      relations are dropped, as before);
     * ``size_words``: read "large"/"big", "small"/"little" and "medium" among an entity's
       attributes as size classes of its members (:func:`spatial.size_class`: no member clearly
       bigger / smaller; one of each beside it); a crop shows no size, so CLIP cannot tell "the
@@ -349,6 +405,8 @@ class GraphResolve(Method):
     """
 
     name = "graph-resolve"
+    summary = ("the expression parsed into objects and relations; CLIP scores each object's "
+               "candidates, geometry resolves the relations")
 
     def __init__(
         self,
@@ -363,6 +421,7 @@ class GraphResolve(Method):
         relation_weight: float = 1.0,
         entity_text: str = "span",
         size_words: bool = True,
+        pair_candidates: int = 4,
         **options: Any,
     ) -> None:
         self.graphs = _choice("graphs", graphs, GRAPH_SOURCES)
@@ -376,6 +435,11 @@ class GraphResolve(Method):
         self.device = self.scorer.device  # the scorer's (its ``device`` option, "auto")
         if not isinstance(size_words, bool):
             raise ConfigError(f"size_words must be true or false, got {size_words!r}")
+        if (isinstance(pair_candidates, bool) or not isinstance(pair_candidates, int)
+                or pair_candidates < 0):
+            raise ConfigError(f"pair_candidates must be an integer >= 0 (0: relations without "
+                              f"geometry are dropped), got {pair_candidates!r}")
+        self.pair_candidates = pair_candidates
         self.config = ResolveConfig(membership, temperature / score_scale(self.scorer),
                                     modifier_weight, relation_weight, size_words)
         self.cache: dict[str, SceneGraph] = {}
@@ -479,11 +543,55 @@ class GraphResolve(Method):
             for graph, sample in zip(graphs, samples, strict=True)])
         plans, queries = self._plan(items, graphs)
         scores = self.scorer.score(queries) if queries else []
-        return [self._predict_one(item, plan, scores)
-                for item, plan in zip(items, plans, strict=True)]
+        members = [self._log_members(item, plan, scores)
+                   for item, plan in zip(items, plans, strict=True)]
+        pair_plans, pair_items = self._plan_pairs(items, plans, members)
+        pair_scores = self.scorer.score(pair_items) if pair_items else []
+        return [self._predict_one(item, plan, scores, log_members, pair_plan, pair_scores)
+                for item, plan, log_members, pair_plan
+                in zip(items, plans, members, pair_plans, strict=True)]
 
-    def _predict_one(self, item: ScoringItem, plan: _Plan, scores: Sequence[Tensor]
-                     ) -> Prediction:
+    def _log_members(self, item: ScoringItem, plan: _Plan, scores: Sequence[Tensor]
+                     ) -> list[Tensor]:
+        """Per entity, log-membership of every proposal (generic entities: all members)."""
+        n = len(item.proposals)
+        return [torch.zeros(n) if q is None else log_membership(
+                    scores[q].float().cpu(), self.config.membership, self.config.temperature)
+                for q in plan.queries]
+
+    def _plan_pairs(self, items: Sequence[ScoringItem], plans: Sequence[_Plan],
+                    members: Sequence[list[Tensor]]
+                    ) -> tuple[list[list[PairQuery]], list[ScoringItem]]:
+        """Per sample, its relations without geometry as scorer queries on pair boxes."""
+        pair_plans: list[list[PairQuery]] = []
+        queries: list[ScoringItem] = []
+        for item, plan, log_members in zip(items, plans, members, strict=True):
+            sample_pairs: list[PairQuery] = []
+            pair_plans.append(sample_pairs)
+            if plan.fallback is not None or not self.pair_candidates:
+                continue
+            for number, relation in enumerate(plan.graph.relations):
+                ends = (relation.subject, relation.object)
+                if (spatial.has_geometry(relation.predicate)
+                        or not all(0 <= e < len(log_members) for e in ends)
+                        or relation.subject == relation.object):
+                    continue
+                pairs = likely_pairs(log_members[relation.subject], log_members[relation.object],
+                                     self.pair_candidates)
+                if not len(pairs):
+                    continue
+                boxes = item.proposals.boxes
+                union = B.enclosing_box(boxes[pairs[:, 0]], boxes[pairs[:, 1]])
+                labels = tuple(f"{i}+{j}" for i, j in pairs.tolist())
+                text = relation_text(plan.graph, number)
+                queries.append(ScoringItem(replace(item.sample, expression=text), item.pixels,
+                                           Proposals(union, torch.zeros(len(pairs)), labels)))
+                sample_pairs.append(PairQuery(number, pairs, len(queries) - 1))
+        return pair_plans, queries
+
+    def _predict_one(self, item: ScoringItem, plan: _Plan, scores: Sequence[Tensor],
+                     log_members: list[Tensor], pair_plan: Sequence[PairQuery],
+                     pair_scores: Sequence[Tensor]) -> Prediction:
         if plan.fallback is not None:
             prediction = rank(item, scores[plan.fallback])
             if plan.graph.entities:  # one plain entity: nothing to resolve, nothing dropped
@@ -493,13 +601,12 @@ class GraphResolve(Method):
             return replace(prediction, graph_use=GraphUse(structured=False),
                            extras={"graph": "none", "graph_fallback": True})
         n = len(item.proposals)
-        log_members = [
-            torch.zeros(n) if q is None else log_membership(
-                scores[q].float().cpu(), self.config.membership, self.config.temperature)
-            for q in plan.queries]
         _, height, width = item.pixels.shape
         geometry = spatial.Geometry.of(item.proposals.boxes, width, height)
-        resolver = GraphResolver(plan.graph, log_members, geometry, self.config)
+        scored = {query.relation: pair_truth(query.pairs, pair_scores[query.query], n,
+                                             self.config)
+                  for query in pair_plan}
+        resolver = GraphResolver(plan.graph, log_members, geometry, self.config, scored)
         prediction = rank(item, resolver.resolve())
         return replace(prediction, graph_use=resolver.graph_use(), extras={
             "graph": self.graphs, "graph_fallback": False,

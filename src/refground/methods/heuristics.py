@@ -29,6 +29,7 @@ from refground.types import Candidate, Prediction, Sample
 @METHODS.register("oracle")
 class OracleMethod(Method):
     name = "oracle"
+    summary = "the annotated referent itself: the upper bound (needs a dataset's gt box)"
     needs_annotations = True  # type: ignore[assignment]  # (the gt box, in fact)
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
@@ -72,6 +73,7 @@ class _RankAnnotations(Method):
 @METHODS.register("center")
 class CenterMethod(_RankAnnotations):
     name = "center"
+    summary = "the candidate box nearest the image centre; reads no text (a baseline)"
 
     def score(self, boxes: torch.Tensor, sample: Sample) -> torch.Tensor:
         centres = B.xyxy_to_cxcywh(boxes)[:, :2]
@@ -82,6 +84,7 @@ class CenterMethod(_RankAnnotations):
 @METHODS.register("largest")
 class LargestMethod(_RankAnnotations):
     name = "largest"
+    summary = "the largest candidate box; reads no text (a baseline)"
 
     def score(self, boxes: torch.Tensor, sample: Sample) -> torch.Tensor:
         return B.area(boxes)

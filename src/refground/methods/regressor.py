@@ -330,6 +330,7 @@ class RegressorMethod(TrainableMethod):
     """One box per expression, regressed by :class:`RegressorModel`; score is always 1."""
 
     name = "regressor"
+    summary = "trained: CLIP and multi-resolution CNN features regress the box (no candidates)"
     config_type = RegressorConfig
     frozen_prefixes = ("clip.",)
     freeze_option = "freeze_clip"

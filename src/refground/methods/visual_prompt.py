@@ -65,6 +65,7 @@ def sample_debias_expressions(expressions: Sequence[str], count: int, seed: int)
 @METHODS.register("visual-prompt")
 class VisualPrompt(ProposalScoringMethod):
     name = "visual-prompt"
+    summary = "each candidate marked in the whole image (ellipse, blurred rest) and ranked by CLIP"
 
     def __init__(
         self,

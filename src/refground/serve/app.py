@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from refground.api import check_boxes, check_text
+from refground.defaults import DEFAULT_METHOD
 from refground.errors import (
     BoxError,
     ConfigError,
@@ -76,7 +77,7 @@ STATIC = Path(__file__).parent / "static"
 class ServeConfig:
     """Server settings; the defaults suit a single-user machine with a few GB of memory."""
 
-    method: str = "visual-prompt"
+    method: str = DEFAULT_METHOD
     options: dict[str, Any] = field(default_factory=dict)  # the operator's: any option
     #: More methods to serve, each with the operator's options for it.
     also: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -266,6 +267,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": GENERIC_MESSAGE}, status_code=500)
 
 
+def method_summary(name: str) -> str:
+    """The registered method's one-line summary ("" for a name the registry lacks)."""
+    try:
+        return str(getattr(METHODS.get(name), "summary", ""))
+    except UnknownNameError:
+        return ""
+
+
 def create_app(config: ServeConfig | None = None, cache: GrounderCache | None = None) -> FastAPI:
     """The FastAPI app. Pass ``cache`` to share models (or preload them) across apps."""
     config = config or ServeConfig()
@@ -326,6 +335,7 @@ def create_app(config: ServeConfig | None = None, cache: GrounderCache | None = 
         for each (none when the server was started with --no-client-options)."""
         allowed = config.allow_client_options
         return {"methods": list(service.served), "default": config.method,
+                "summaries": {name: method_summary(name) for name in service.served},
                 "client_options": allowed,
                 "options": {name: describe_allowed(name) if allowed else {}
                             for name in service.served}}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -29,6 +29,9 @@ from refground.errors import ConfigError, validation_problems
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
 class DataConfig(_Strict):
@@ -169,16 +172,19 @@ def parse_override(pair: str) -> tuple[str, Any]:
 
 
 def build_config(data: dict[str, Any], overrides: dict[str, Any] | None = None,
-                 source: str = "<config>") -> TrainConfig:
+                 source: str = "<config>", schema: type[SchemaT] = TrainConfig) -> SchemaT:  # type: ignore[assignment]
+    """``data`` with dotted ``overrides`` applied, validated as ``schema`` (a training run's
+    config unless told otherwise, e.g. the detector's)."""
     for key, value in (overrides or {}).items():
         data = set_dotted(data, key, value)
     try:
-        return TrainConfig(**data)
+        return schema(**data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {validation_problems(exc)}") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                schema: type[SchemaT] = TrainConfig) -> SchemaT:  # type: ignore[assignment]
     """Read and validate a training YAML; every problem is reported with its dotted field."""
     path = Path(path)
     if not path.is_file():
@@ -189,7 +195,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping (method:, data:, optim:, train:, ...)")
-    return build_config(data, overrides, str(path))
+    return build_config(data, overrides, str(path), schema)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

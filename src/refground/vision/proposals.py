@@ -12,7 +12,9 @@ Implementations register in :data:`PROPOSERS` under these names:
 * ``owlvit`` / ``owlv2``: text-conditioned OWL-ViT (``proposers.owlvit``);
 * ``grounding-dino``: text-conditioned Grounding DINO (``proposers.grounding_dino``);
 * ``detr``: closed-vocabulary DETR, COCO classes (``proposers.detr``);
-* ``yolo``: ultralytics YOLO, optional extra ``refground[yolo]`` (``proposers.yolo``).
+* ``yolo``: ultralytics YOLO, optional extra ``refground[yolo]`` (``proposers.yolo``);
+* ``centernet``: refground's own class-agnostic detector, by default the shipped
+  ``synthref-det`` (``proposers.centernet``); ``auto`` names the default detector, this one.
 
 Detector modules import their heavy libraries only when a proposer is built, so listing names
 (``PROPOSERS.names()``) never needs transformers or ultralytics.
@@ -192,6 +194,7 @@ PROPOSERS: Registry[Proposer] = Registry(
         "refground.vision.proposers.grounding_dino",
         "refground.vision.proposers.detr",
         "refground.vision.proposers.yolo",
+        "refground.vision.proposers.centernet",
     ),
 )
 

@@ -17,17 +17,26 @@ function setStatus(message) {
   $("status").textContent = message;
 }
 
+let summaries = {};
+
+// One line under the menu saying what the chosen method does.
+function showSummary() {
+  $("summary").textContent = summaries[$("method").value] || "";
+}
+
 async function loadMethods() {
   try {
     const response = await fetch("/methods");
     const body = await response.json();
     const select = $("method");
     select.replaceChildren();
+    summaries = body.summaries || {};
     for (const name of body.methods) {
       const option = new Option(name === body.default ? `${name} (default)` : name, name);
       option.selected = name === body.default;
       select.append(option);
     }
+    showSummary();
   } catch (error) {
     showError(`could not list methods: ${error}`);
   }
@@ -103,25 +112,6 @@ function chooseImage() {
   bitmapReady = file ? decode(file) : Promise.resolve();
 }
 
-async function fillGrid() {
-  await bitmapReady;
-  if (!bitmap) {
-    showError("choose an image first: the grid is made from its size");
-    return;
-  }
-  const boxes = [];
-  for (const cells of [2, 3]) {
-    const w = bitmap.width / cells;
-    const h = bitmap.height / cells;
-    for (let row = 0; row < cells; row++) {
-      for (let col = 0; col < cells; col++) {
-        boxes.push([col * w, row * h, (col + 1) * w, (row + 1) * h].map(Math.round));
-      }
-    }
-  }
-  $("boxes").value = JSON.stringify(boxes);
-}
-
 function errorMessage(response, body) {
   if (body && typeof body.detail === "string") return body.detail;
   if (body && body.detail) return JSON.stringify(body.detail);
@@ -176,6 +166,6 @@ async function submit(event) {
 document.addEventListener("DOMContentLoaded", () => {
   $("form").addEventListener("submit", submit);
   $("image").addEventListener("change", chooseImage);
-  $("grid").addEventListener("click", fillGrid);
+  $("method").addEventListener("change", showSummary);
   loadMethods();
 });
