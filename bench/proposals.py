@@ -65,7 +65,7 @@ def main() -> None:
         per_image = result["proposals_per_image"]
         table.add_row(name, *(f"{100 * result[c]:.1f}" for c in COLUMNS), f"{per_image:.1f}",
                       f"{result['images_per_s']:.1f}")
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":

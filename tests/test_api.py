@@ -167,10 +167,27 @@ def test_mismatched_lists_are_refused(grounder: Grounder, samples: list[Sample])
                               [boxes_of(sample)])
 
 
-def test_gt_proposals_without_boxes_ask_for_boxes(grounder: Grounder,
-                                                  samples: list[Sample]) -> None:
+def test_without_boxes_or_a_detector_a_grounder_asks_for_boxes(samples: list[Sample]) -> None:
+    grounder = Grounder.load("crop-rank", detector=None)
     with pytest.raises(InputError, match=r"crop-rank chooses among candidate boxes.*boxes="):
         grounder.ground(samples[0].image_path, samples[0].expression)
+    grounder.close()
+
+
+def test_without_boxes_the_default_detector_proposes_them(grounder: Grounder,
+                                                          samples: list[Sample]) -> None:
+    """The shipped synthref-det finds SynthRef's objects: every annotated box is among the
+    candidates the method ranked (IoU >= 0.5), and the referent is found."""
+    from refground import boxes as B
+
+    assert grounder.detector == "auto"
+    for sample in samples[:3]:
+        prediction = grounder.ground(sample.image_path, sample.expression)
+        candidates = B.as_tensor([c.box for c in prediction.candidates])
+        annotated = B.as_tensor([a.box for a in sample.annotations])
+        assert len(annotated) <= len(candidates) <= 50  # the detector's top 50, score >= 0.1
+        assert bool((B.iou_matrix(annotated, candidates).amax(1) >= 0.5).all())
+        assert {c.label for c in prediction.candidates} == {"object"}
 
 
 # --- trained methods ------------------------------------------------------------------------
@@ -192,14 +209,30 @@ def test_a_regressor_needs_no_boxes(clip_dir: Path, samples: list[Sample]) -> No
         grounder.close()
 
 
-def test_erpa_with_gt_proposals_needs_boxes(clip_dir: Path, samples: list[Sample]) -> None:
+def test_erpa_with_gt_proposals_takes_boxes_or_the_detectors(clip_dir: Path,
+                                                             samples: list[Sample]) -> None:
     torch.manual_seed(0)
-    grounder = Grounder.load("erpa", clip=str(clip_dir), hidden=16, heads=2, decoder_layers=1,
-                             encoder_layers=1, dropout=0.0, parser_backend="rules")
+    options = {"clip": str(clip_dir), "hidden": 16, "heads": 2, "decoder_layers": 1,
+               "encoder_layers": 1, "dropout": 0.0, "parser_backend": "rules"}
+    strict = Grounder.load("erpa", detector=None, **options)
+    try:
+        with pytest.raises(InputError, match=r"erpa .*pass boxes=\[\[x0, y0, x1, y1\]"):
+            strict.ground(samples[0].image_path, samples[0].expression)
+    finally:
+        strict.close()
+    torch.manual_seed(0)
+    grounder = Grounder.load("erpa", **options)
     try:
         sample = samples[0]
-        with pytest.raises(InputError, match=r"erpa .*pass boxes=\[\[x0, y0, x1, y1\]"):
-            grounder.ground(sample.image_path, sample.expression)
+        detected = grounder.ground(sample.image_path, sample.expression)
+        x0, y0, x1, y1 = detected.box
+        assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
+        # what erpa chose among: the detector's boxes, as the sample's candidates
+        bare = grounder.sample(0, sample.image_path, sample.expression, None)
+        [filled] = grounder.detect_missing([bare], [0])
+        [found] = grounder.detector_proposer().propose([Image.open(sample.image_path)], [bare])
+        assert [a.box for a in filled.annotations] == [c.box for c in found.candidates()]
+        assert len(filled.annotations) >= len(sample.annotations)
         prediction = grounder.ground(sample.image_path, sample.expression, boxes_of(sample))
         x0, y0, x1, y1 = prediction.box
         assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height

@@ -204,7 +204,8 @@ def test_export_proposer_and_grounder_from_text_alone(synth_root: Path, tmp_path
     assert saved["command"] == "cmd" and len(saved["val_curve"]) == 1
     assert load_centernet(tmp_path / "det").stages[0][0][0].weight.dtype == torch.float32
 
-    proposer = build_proposer("centernet", model=str(tmp_path / "det"), top_k=7, device="cpu")
+    proposer = build_proposer("centernet", model=str(tmp_path / "det"), top_k=7,
+                              score_threshold=0.0, device="cpu")
     image = Image.new("RGB", (200, 120), (90, 90, 90))
     from refground.types import Sample
 
@@ -214,7 +215,8 @@ def test_export_proposer_and_grounder_from_text_alone(synth_root: Path, tmp_path
     assert float(proposals.boxes[:, 2].max()) <= 200 and float(proposals.boxes[:, 3].max()) <= 120
 
     grounder = Grounder.load("largest", detector="centernet",
-                             detector_options={"model": str(tmp_path / "det"), "top_k": 5})
+                             detector_options={"model": str(tmp_path / "det"), "top_k": 5,
+                                               "score_threshold": 0.0})
     image.save(tmp_path / "x.png")
     prediction = grounder.ground(tmp_path / "x.png", "the big one")
     areas = [(c.box[2] - c.box[0]) * (c.box[3] - c.box[1]) for c in prediction.candidates]

@@ -20,7 +20,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from refground.api import Grounder
+from refground.defaults import DEFAULT_METHOD
 from refground.errors import ConfigError
+from refground.methods import METHODS
 from refground.serve import GrounderCache, ServeConfig, create_app
 from refground.serve.models import model_key
 from refground.types import Candidate, Prediction, Sample
@@ -50,10 +52,10 @@ class CountingLoader:
 
 @pytest.fixture(scope="module")
 def real(one_thread: None) -> Iterator[tuple[TestClient, GrounderCache, CountingLoader]]:
-    """The default server (visual-prompt with the shipped SynthRef CLIP)."""
+    """A visual-prompt server with the shipped SynthRef CLIP."""
     loader = CountingLoader()
     cache = GrounderCache(loader=loader)
-    with TestClient(create_app(ServeConfig(), cache)) as client:
+    with TestClient(create_app(ServeConfig(method="visual-prompt"), cache)) as client:
         yield client, cache, loader
 
 
@@ -139,7 +141,6 @@ BAD_INPUTS = {
                          "four finite numbers"),
     "box outside image": (png_bytes((64, 48)), "image/png", {"boxes": "[[0, 0, 80, 20]]"}, 422,
                           "outside the 64x48 image"),
-    "no boxes for gt proposals": (png_bytes(), "image/png", {}, 422, "boxes"),
 }
 
 
@@ -150,6 +151,22 @@ def test_bad_input_is_a_4xx_with_a_message(real: Any, case: str) -> None:
     response = post(real[0], image, content_type, **fields)
     assert response.status_code == status, response.text
     assert words in response.json()["detail"]
+
+
+def test_without_boxes_the_servers_detector_proposes_the_candidates(
+        real: Any, synth_sample: Sample) -> None:
+    client = real[0]
+    response = post(client, synth_sample.image_path.read_bytes(), text=synth_sample.expression)
+    assert response.status_code == 200, response.text
+    candidates = response.json()["candidates"]
+    assert len(candidates) >= len(synth_sample.annotations)
+    assert {c["label"] for c in candidates} == {"object"}
+    # a plain grey image (SynthRef's background range) has no objects: the method's own
+    # whole-image fallback, said so
+    blank = post(client, png_bytes((64, 48), (128, 128, 128)))
+    assert blank.status_code == 200, blank.text
+    assert blank.json()["fallback"] == "whole-image"
+    assert blank.json()["box"] == [0.0, 0.0, 64.0, 48.0]
 
 
 def test_upload_limits_count_bytes_not_only_headers(real: Any) -> None:
@@ -197,7 +214,7 @@ def test_health_answers_while_a_request_computes() -> None:
     entered, release = threading.Event(), threading.Event()
     cache = GrounderCache(loader=lambda method, **options: SlowGrounder(entered, release))
     results: dict[str, Any] = {}
-    with TestClient(create_app(ServeConfig(), cache)) as client:
+    with TestClient(create_app(ServeConfig(method="visual-prompt"), cache)) as client:
         slow = threading.Thread(target=lambda: results.update(
             ground=post(client, png_bytes(), boxes="[[1, 2, 3, 4]]")))
         slow.start()
@@ -250,7 +267,7 @@ def test_a_model_is_built_once_under_concurrent_requests() -> None:
         return SlowGrounder()
 
     cache = GrounderCache(loader=slow_loader)
-    with TestClient(create_app(ServeConfig(), cache)) as client:
+    with TestClient(create_app(ServeConfig(method="visual-prompt"), cache)) as client:
         spellings = ['{"stroke": 4, "blur_radius": 2}', '{"blur_radius": 2, "stroke": 4}']
         responses: list[Any] = []
         threads = [threading.Thread(target=lambda o=spellings[i % 2]: responses.append(
@@ -283,7 +300,7 @@ def test_photos_are_grounded_upright(real: Any) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 20), (0, 90, 200)).save(buffer, format="JPEG", exif=exif)
     cache = GrounderCache(loader=lambda method, **options: SlowGrounder())
-    with TestClient(create_app(ServeConfig(), cache)) as client:
+    with TestClient(create_app(ServeConfig(method="visual-prompt"), cache)) as client:
         response = post(client, buffer.getvalue(), "image/jpeg", boxes="[[0, 0, 20, 40]]")
         assert response.status_code == 200, response.text
         assert (response.json()["width"], response.json()["height"]) == (20, 40)
@@ -293,7 +310,7 @@ def test_unexpected_errors_are_logged_and_generic(caplog: pytest.LogCaptureFixtu
     def broken(method: str, **options: Any) -> SlowGrounder:
         raise RuntimeError("disk on fire")
 
-    app = create_app(ServeConfig(), GrounderCache(loader=broken))
+    app = create_app(ServeConfig(method="visual-prompt"), GrounderCache(loader=broken))
     with TestClient(app, raise_server_exceptions=False) as client:
         response = post(client, png_bytes(), boxes="[[0, 0, 8, 8]]")
     assert response.status_code == 500
@@ -312,9 +329,18 @@ def test_page_methods_health_and_docs(real: Any) -> None:
         assert client.get(asset).status_code == 200
     methods = client.get("/methods").json()
     assert "visual-prompt" in methods["methods"] and methods["default"] == "visual-prompt"
+    assert methods["summaries"]["visual-prompt"] == METHODS.get("visual-prompt").summary
+    assert 'id="summary"' in page.text and 'id="grid"' not in page.text
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/docs").status_code == 200
     assert "/ground" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_default_server_method_is_graph_resolve_and_every_method_says_what_it_is() -> None:
+    assert ServeConfig().method == "graph-resolve" == DEFAULT_METHOD
+    for name in METHODS.names():
+        if name != "tiny-test":  # registered by a test helper
+            assert len(METHODS.get(name).summary) > 20, name
 
 
 def test_static_files_ship_with_the_package() -> None:

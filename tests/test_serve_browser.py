@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
-    return next(s for s in synthref_split(tmp_path_factory) if len(s.annotations) >= 3)
+    """An attribute expression ("the small red circle") in an image of three or more objects."""
+    return next(s for s in synthref_split(tmp_path_factory)
+                if len(s.annotations) >= 3 and s.expression_type == "attribute")
 
 
 @pytest.fixture(scope="module")
@@ -75,36 +78,55 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait(10)
 
 
-def test_page_draws_the_box_the_api_returns(server: str, sample: Sample) -> None:
-    boxes = json.dumps([list(a.box) for a in sample.annotations])
-    api = httpx.post(f"{server}/ground", timeout=60, data={"text": sample.expression,
-                                                           "boxes": boxes},
+def ground_api(server: str, sample: Sample, boxes: str | None = None) -> list[float]:
+    data = {"text": sample.expression, **({"boxes": boxes} if boxes else {})}
+    api = httpx.post(f"{server}/ground", timeout=120, data=data,
                      files={"image": ("image.png", sample.image_path.read_bytes(), "image/png")})
     assert api.status_code == 200, api.text
-    expected = api.json()["box"]
+    return [float(v) for v in api.json()["box"]]
+
+
+def drawn_box(page: Any) -> list[float]:
+    page.wait_for_function("document.getElementById('canvas').dataset.box", timeout=120_000)
+    assert page.is_hidden("#error")
+    return [float(v) for v in page.get_attribute("#canvas", "data-box").split(",")]
+
+
+def iou(a: list[float], b: tuple[float, ...]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_page_grounds_from_text_alone_and_draws_the_box_the_api_returns(
+        server: str, sample: Sample) -> None:
+    """The default server (graph-resolve, the shipped detector finding the boxes): a SynthRef
+    image and its expression, no boxes; then the same with the annotated boxes given."""
+    assert sample.gt_box is not None
+    expected = ground_api(server, sample)
+    assert iou(expected, sample.gt_box) >= 0.5
+    boxes = json.dumps([list(a.box) for a in sample.annotations])
+    expected_given = ground_api(server, sample, boxes)
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(server)
-            # the menu lists the served methods (here only the default one)
-            page.wait_for_selector("#method option[value='visual-prompt']", state="attached")
-            assert page.input_value("#method") == "visual-prompt"
+            # the menu lists the served methods (here only the default one) and says what it is
+            page.wait_for_selector("#method option[value='graph-resolve']", state="attached")
+            assert page.input_value("#method") == "graph-resolve"
+            assert "scene graph" in page.text_content("#summary") or \
+                "relations" in page.text_content("#summary")
             page.set_input_files("#image", str(sample.image_path))
             page.fill("#text", sample.expression)
 
-            # without candidate boxes the default (proposals='gt') method explains what it needs
+            # text alone: the server's detector proposes the candidates
             page.click("#submit")
-            page.wait_for_selector("#error:not([hidden])")
-            assert "boxes" in page.text_content("#error")
-
-            page.fill("#boxes", boxes)
-            page.click("#submit")
-            page.wait_for_function("document.getElementById('canvas').dataset.box", timeout=60_000)
-            assert page.is_hidden("#error")
-            drawn = [float(v) for v in page.get_attribute("#canvas", "data-box").split(",")]
+            drawn = drawn_box(page)
             assert drawn == pytest.approx(expected)
+            assert iou(drawn, sample.gt_box) >= 0.5
             assert "score" in page.text_content("#score")
             # the chosen box's edges are stroked pure red (SynthRef's red shapes are not)
             x0, y0, x1, y1 = (round(v) for v in expected)
@@ -118,5 +140,10 @@ def test_page_draws_the_box_the_api_returns(server: str, sample: Sample) -> None
             size = page.evaluate("[document.getElementById('canvas').width, "
                                  "document.getElementById('canvas').height]")
             assert size == [sample.width, sample.height]
+
+            # candidate boxes typed in: the method chooses among them
+            page.fill("#boxes", boxes)
+            page.click("#submit")
+            assert drawn_box(page) == pytest.approx(expected_given)
         finally:
             browser.close()

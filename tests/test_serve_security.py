@@ -47,6 +47,10 @@ class SpyLoader:
         return Grounder.load(method, **options)
 
 
+#: The server these tests probe: visual-prompt has the most client options to abuse.
+VISUAL_PROMPT = ServeConfig(method="visual-prompt")
+
+
 def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (200, 40, 40)).save(buffer, format="PNG")
@@ -74,9 +78,9 @@ def debias_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def spy() -> Iterator[tuple[TestClient, SpyLoader]]:
-    """The default server (visual-prompt, shipped CLIP), loading nothing until asked."""
+    """A visual-prompt server (shipped CLIP), loading nothing until asked."""
     loader = SpyLoader()
-    with TestClient(create_app(ServeConfig(), GrounderCache(loader=loader))) as client:
+    with TestClient(create_app(VISUAL_PROMPT, GrounderCache(loader=loader))) as client:
         yield client, loader
 
 
@@ -255,7 +259,7 @@ def test_deep_errors_are_generic_for_clients_and_logged_in_full(
     else:
         error = DEEP_ERRORS[case]
         assert error is not None
-        config, cache, secret = ServeConfig(), GrounderCache(loader=raising(error)), "secret"
+        config, cache, secret = VISUAL_PROMPT, GrounderCache(loader=raising(error)), "secret"
     caplog.set_level(logging.INFO, logger="refground.serve")
     with TestClient(create_app(config, cache), raise_server_exceptions=False) as client:
         response = post(client, png_bytes())
@@ -274,7 +278,7 @@ class ImageComplaint:
 
 def test_client_errors_while_grounding_do_not_show_the_temp_path() -> None:
     cache = GrounderCache(loader=lambda method, **options: ImageComplaint())
-    app = create_app(ServeConfig(), cache)
+    app = create_app(VISUAL_PROMPT, cache)
     with TestClient(app) as client:
         response = post(client, png_bytes())
     assert response.status_code == 422, response.text
@@ -300,7 +304,7 @@ def test_options_a_method_refuses_on_this_server_are_a_422_without_its_details(
             raise ConfigError("aggregate='mean' cannot be used with debias_file=/srv/secret.txt")
         return Fixed()
 
-    with TestClient(create_app(ServeConfig(), GrounderCache(loader=picky))) as client:
+    with TestClient(create_app(VISUAL_PROMPT, GrounderCache(loader=picky))) as client:
         assert post(client, png_bytes()).status_code == 200
         response = post(client, png_bytes(), options='{"aggregate": "mean"}')
     assert response.status_code == 422, response.text
@@ -312,7 +316,8 @@ def test_option_variants_share_the_clip_and_never_evict_the_served_model(
         tiny_clip: Path, debias_file: Path, one_thread: None) -> None:
     operator = {"clip": str(tiny_clip), "debias_file": str(debias_file)}
     cache = GrounderCache(max_models=2)
-    with TestClient(create_app(ServeConfig(options=operator, max_models=2), cache)) as client:
+    with TestClient(create_app(ServeConfig(method="visual-prompt", options=operator,
+                                           max_models=2), cache)) as client:
         assert post(client, png_bytes()).status_code == 200
         served = cache.get("visual-prompt", operator)
         for stroke in (1, 2, 3, 4.5):

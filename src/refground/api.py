@@ -159,9 +159,11 @@ class Grounder:
         for i in missing:
             by_path.setdefault(samples[i].image_path, samples[i])
         found = detector.propose([load_image(p) for p in by_path], list(by_path.values()))
-        detected = {path: tuple(Annotation(ann_id=k, box=c.box, category_id=0,
-                                           category=c.label)
-                                for k, c in enumerate(props.candidates()))
+        # nothing detected: no candidates, so the method's own whole-image fallback (recorded
+        # in the prediction) applies, not a whole-image box posing as a detection
+        detected = {path: () if props.fallback is not None else tuple(
+                        Annotation(ann_id=k, box=c.box, category_id=0, category=c.label)
+                        for k, c in enumerate(props.candidates()))
                     for path, props in zip(by_path, found, strict=True)}
         out = list(samples)
         for i in missing:

@@ -70,7 +70,7 @@ def list_methods() -> None:
     width = max(len(name) for name in METHODS.names())
     for name in METHODS.names():
         summary = getattr(METHODS.get(name), "summary", "")
-        console.print(f"{name:<{width}}  {summary}".rstrip(), highlight=False)
+        typer.echo(f"{name:<{width}}  {summary}".rstrip())
 
 
 @app.command("parse")
@@ -321,12 +321,14 @@ def export_detector_command(
     split: Annotated[list[str], typer.Option(
         help="Measure referent recall of the export on this split of the run's dataset "
              "(repeatable).")] = [],  # noqa: B006
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Export a detector run's best checkpoint in float16 with its training.json (and the
     export's recall on the given splits)."""
     from refground.train.detector import export_detector
 
-    record = export_detector(run, out, data_recipe=data, command=command, splits=split)
+    record = export_detector(run, out, data_recipe=data, command=command, splits=split,
+                             checkpoint=checkpoint)
     console.print(f"exported the detector to {out} ({record['size_bytes'] / 2**20:.1f} MB)")
     for name, recall in record.get("test", {}).items():
         console.print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in recall.items()

@@ -340,4 +340,5 @@ def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
         return cls.from_options(options, device)
 
     factory.__doc__ = f"Build a {cls.name} method (``checkpoint=`` loads a trained one)."
+    factory.summary = cls.summary  # type: ignore[attr-defined]  # what `refground methods` shows
     return factory

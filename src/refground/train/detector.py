@@ -288,14 +288,17 @@ class DetectorTrainer:
 # --- export ---------------------------------------------------------------------------------
 
 def export_detector(run: Path, out: Path, *, data_recipe: str, command: str,
-                    splits: Sequence[str] = (), dtype: torch.dtype = torch.float16
-                    ) -> dict[str, Any]:
-    """``out`` = the best checkpoint's detector in ``dtype`` + ``training.json``, with the
-    referent recall of the exported detector (loaded back, as users load it) on ``splits``."""
+                    splits: Sequence[str] = (), checkpoint: str = "best",
+                    dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """``out`` = the run's ``checkpoint`` (best or last) in ``dtype`` + ``training.json``, with
+    the referent recall of the exported detector (loaded back, as users load it) on
+    ``splits``."""
     from refground.evaluate.proposal_recall import proposer_recall
     from refground.vision.proposers.centernet import CenterNetProposer
 
-    source = resolve_checkpoint(Path(run) / "checkpoints" / "best")
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint must be best or last, got {checkpoint!r}")
+    source = resolve_checkpoint(Path(run) / "checkpoints" / checkpoint)
     verify_checkpoint(source)
     model = load_centernet(source)
     save_centernet(model, out, dtype)
@@ -304,7 +307,9 @@ def export_detector(run: Path, out: Path, *, data_recipe: str, command: str,
         "what": "class-agnostic CenterNet (Zhou et al. 2019), refground's offline detector",
         "data": data_recipe,
         "command": command,
-        "export": f"refground export-detector --run {run} --out {out} (weights cast to {dtype})",
+        "export": (f"refground export-detector --run {run} --checkpoint {checkpoint} --out {out}"
+                   f" (weights cast to {dtype})"),
+        "checkpoint": checkpoint,
         "config": yaml.safe_load((Path(run) / "config.yaml").read_text(encoding="utf-8")),
         "model": asdict(model.config),
         "steps": summary["steps"],

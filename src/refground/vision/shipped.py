@@ -1,7 +1,9 @@
 """Models that ship inside the package, so the zero-shot methods run on a fresh offline machine.
 
-``synthref-erpa``, when present, is an ``erpa`` checkpoint trained on SynthRef with that CLIP
-(``build_method("erpa", checkpoint="synthref-erpa")``); see its ``training.json``.
+``synthref-erpa`` (and ``synthref-erpa-report``, ``synthref-regressor``, ``synthref-detr``) are
+trained checkpoints on SynthRef with that CLIP (``build_method("erpa",
+checkpoint="synthref-erpa")``); ``synthref-det`` is the offline detector (the ``centernet`` and
+``auto`` proposers). Each has its ``training.json``.
 
 ``synthref-clip`` is a small CLIP trained contrastively on SynthRef's train split
 (``refground pretrain-clip``). It knows SynthRef's shapes, colours and marked-view prompts and
