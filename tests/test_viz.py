@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from refground.cli import app
+from refground.defaults import DEFAULT_METHOD
 from refground.errors import (
     ConfigError,
     DatasetError,
@@ -372,7 +373,7 @@ def test_cli_predict_prints_json_and_draws(synth_root: Path, tmp_path: Path) -> 
     x0, y0, x1, y1 = answer["box"]
     assert 0 <= x0 <= x1 <= image_info["width"] and 0 <= y0 <= y1 <= image_info["height"]
     assert answer["box"] in boxes and answer["fallback"] is None
-    assert answer["text"] == "the largest shape" and answer["method"] == "crop-rank"
+    assert answer["text"] == "the largest shape" and answer["method"] == DEFAULT_METHOD
     assert len(answer["candidates"]) == len(boxes)
     assert answer["candidates"][0]["box"] == answer["box"]
     assert answer["score"] == answer["candidates"][0]["score"]
