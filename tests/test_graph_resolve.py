@@ -322,6 +322,19 @@ def test_gold_graphs_beat_crop_rank_on_spatial_expressions(
     assert all(p.extras["graph"] == "gold" for p in graph_predictions)
 
 
+def record_scorer_calls(scorer: CropRank, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Patch ``scorer.score`` to record the texts of each call (undo with the monkeypatch)."""
+    calls: list[list[str]] = []
+    original = scorer.score
+
+    def recording(items):  # type: ignore[no-untyped-def]
+        calls.append([item.sample.expression for item in items])
+        return original(items)
+
+    monkeypatch.setattr(scorer, "score", recording)
+    return calls
+
+
 def test_one_scorer_call_per_batch_and_the_fallback(synth_samples: list[Sample],
                                                     crop_rank: CropRank,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -330,14 +343,7 @@ def test_one_scorer_call_per_batch_and_the_fallback(synth_samples: list[Sample],
     no_graph = replace(batch[1], graph=None)
     method = GraphResolve(graphs="gold")
     method.scorer = crop_rank
-    calls: list[list[str]] = []
-    original = crop_rank.score
-
-    def counting(items):  # type: ignore[no-untyped-def]
-        calls.append([item.sample.expression for item in items])
-        return original(items)
-
-    monkeypatch.setattr(crop_rank, "score", counting)
+    calls = record_scorer_calls(crop_rank, monkeypatch)
     predictions = method.predict([empty, no_graph, *batch[2:]])
     assert len(calls) == 1
     assert len(calls[0]) == len(set(calls[0]))  # repeated phrases of an image asked once
@@ -467,14 +473,7 @@ def test_relations_without_geometry_are_scored_on_pair_boxes(
     method.scorer = crop_rank
     base = next(s for s in synth_samples if len(s.annotations) >= 3)
     sample = replace(base, expression="the red circle holding the blue square")
-    asked: list[list[str]] = []
-    original = crop_rank.score
-
-    def recording(items):  # type: ignore[no-untyped-def]
-        asked.append([item.sample.expression for item in items])
-        return original(items)
-
-    monkeypatch.setattr(crop_rank, "score", recording)
+    asked = record_scorer_calls(crop_rank, monkeypatch)
     [prediction] = method.predict([sample])
     monkeypatch.undo()
     assert prediction.graph_use is not None

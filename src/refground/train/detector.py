@@ -321,8 +321,8 @@ def export_detector(run: Path, out: Path, *, data_recipe: str, command: str,
         "size_bytes": (Path(out) / WEIGHTS_FILE).stat().st_size,
     }
     config = DetectorTrainConfig(**record["config"])
+    proposer = CenterNetProposer(out, device="cpu") if splits else None
     for split in splits:
-        proposer = CenterNetProposer(out, device="cpu")
         recall = proposer_recall(proposer, split_samples(config.data, split))
         record.setdefault("test", {})[split] = {k: v for k, v in recall.items()
                                                 if k != "images_per_s"}
