@@ -8,7 +8,8 @@
 SynthRef stores each sentence's gold graph (``Sample.graph``), written in the canonical
 vocabulary of :mod:`refground.language.lexicon`. Scores, micro-averaged over expressions:
 
-* head F1 -- the multiset of entity heads of an expression vs the gold multiset;
+* head F1 -- the multiset of entity heads of an expression vs the gold multiset (the generic
+  heads object / shape / thing / one count as one head, ``object``);
 * relation F1 -- multisets of (subject head, predicate, object head) triples;
 * spatial F1 -- the set of spatial modifiers of entity 0 (the referent), exact strings;
 * covered -- the share of expressions whose graph has at least one entity.
@@ -43,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from refground.data.refer import load_refer_split
 from refground.language import get_parser
-from refground.types import SceneGraph
+from refground.language.lexicon import GENERIC_HEADS, IMPLICIT_HEAD
+from refground.types import Entity, SceneGraph
 
 
 @dataclass
@@ -78,12 +80,20 @@ class Scores:
     n: int = 0
 
 
+def head(entity: Entity) -> str:
+    """The entity's head, with the generic heads made one: "the one on the left", "the thing
+    on the left" and "the object on the left" name no category, and every consumer (see
+    graph-resolve's ``GENERIC_HEADS``) reads them alike; SynthRef's gold keeps them as
+    written, the free-form gold writes ``object``."""
+    return IMPLICIT_HEAD if entity.head in GENERIC_HEADS else entity.head
+
+
 def heads(graph: SceneGraph) -> list[str]:
-    return [entity.head for entity in graph.entities]
+    return [head(entity) for entity in graph.entities]
 
 
 def triples(graph: SceneGraph) -> list[tuple[str, str, str]]:
-    return [(graph.entities[r.subject].head, r.predicate, graph.entities[r.object].head)
+    return [(head(graph.entities[r.subject]), r.predicate, head(graph.entities[r.object]))
             for r in graph.relations]
 
 
@@ -92,11 +102,11 @@ def referent_spatial(graph: SceneGraph) -> set[str]:
 
 
 def modifier_pairs(graph: SceneGraph) -> set[tuple[str, str]]:
-    return {(entity.head, value) for entity in graph.entities for value in entity.spatial}
+    return {(head(entity), value) for entity in graph.entities for value in entity.spatial}
 
 
 def attribute_pairs(graph: SceneGraph) -> set[tuple[str, str]]:
-    return {(entity.head, value) for entity in graph.entities for value in entity.attributes}
+    return {(head(entity), value) for entity in graph.entities for value in entity.attributes}
 
 
 def score(parsed: Sequence[SceneGraph], gold: Sequence[SceneGraph], types: Sequence[str],

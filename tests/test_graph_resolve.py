@@ -198,6 +198,17 @@ def test_regions_and_size_superlatives() -> None:
     assert smaller[0] == smaller[1] == 0.5  # equal sizes: either is smaller by half a chance
 
 
+def test_tallest_and_shortest_compare_box_heights_not_areas() -> None:
+    """A wide, low box is the largest but not the tallest: "the tallest giraffe" is by height."""
+    boxes = torch.tensor([[0.0, 80, 150, 120], [160, 10, 180, 110], [10, 10, 30, 40]])
+    geo = geometry(boxes, 200, 200)  # heights 40, 100, 30; areas 6000, 2000, 600
+    tallest = spatial.modifier("tallest", geo, torch.ones(3))
+    shortest = spatial.modifier("shortest", geo, torch.ones(3))
+    largest = spatial.modifier("largest", geo, torch.ones(3))
+    assert tallest is not None and shortest is not None and largest is not None
+    assert (argmax(tallest), argmax(shortest), argmax(largest)) == (1, 2, 0)
+
+
 # --- resolving graphs ---------------------------------------------------------------------------
 
 def entity(span: str, *spatial_words: str) -> Entity:

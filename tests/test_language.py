@@ -151,6 +151,58 @@ def test_relations(backend: str, text: str, expected_heads: list[str],
     assert triples(graph) == expected
 
 
+# Free-form constructions (issue 14), with other nouns than the gold set's:
+# (expression, heads, relation triples, {head: spatial modifiers})
+FREE_FORM_CASES = [
+    ("please find the yellow kite", ["kite"], [], {}),
+    ("click on the woman with the stroller", ["woman", "stroller"],
+     [("woman", "with", "stroller")], {}),
+    ("the puppy napping on the rug", ["puppy", "rug"], [("puppy", "on", "rug")], {}),
+    ("a lamp hanging above the table", ["lamp", "table"], [("lamp", "above", "table")], {}),
+    ("the laptop the girl is using", ["laptop", "girl"], [("girl", "using", "laptop")], {}),
+    ("the sofa that the cat is sleeping on", ["sofa", "cat"], [("cat", "on", "sofa")], {}),
+    ("the leash held by the boy", ["leash", "boy"], [("boy", "holding", "leash")], {}),
+    ("of the four cups, the second from the left", ["cup"], [],
+     {"cup": ("second from the left",)}),
+    ("of the sheep, the smallest one", ["sheep"], [], {"sheep": ("smallest",)}),
+    ("the shortest of the candles", ["candle"], [], {"candle": ("shortest",)}),
+    ("the mug on the right shelf", ["mug", "shelf"], [("mug", "on", "shelf")],
+     {"shelf": ("on the right",)}),
+    ("the girl holding a balloon on the right", ["girl", "balloon"],
+     [("girl", "holding", "balloon")], {"girl": ("on the right",)}),
+    ("the cat with a mouse in its paws", ["cat", "mouse", "paw"],
+     [("cat", "with", "mouse"), ("mouse", "in", "paw")], {}),
+    ("the waiter holding a tray above the counter", ["waiter", "tray", "counter"],
+     [("waiter", "holding", "tray"), ("tray", "above", "counter")], {}),
+    ("the fire hydrant near the stop sign", ["hydrant", "sign"],
+     [("hydrant", "next to", "sign")], {}),
+    ("the woman in a blue top at the bottom", ["woman", "top"], [("woman", "in", "top")],
+     {"woman": ("at the bottom",)}),
+    ("the orange next to the bowl", ["orange", "bowl"], [("orange", "next to", "bowl")], {}),
+    ("the orange cup", ["cup"], [], {}),
+    ("the bookshelves behind the desk", ["bookshelf", "desk"],
+     [("bookshelf", "behind", "desk")], {}),
+    ("the boy skating on the left", ["boy"], [], {"boy": ("on the left",)}),
+    ("the runner farthest from the camera", ["runner"], [], {"runner": ("farthest",)}),
+]
+
+
+@pytest.mark.parametrize(("text", "expected_heads", "expected", "modifiers"),
+                         FREE_FORM_CASES)
+def test_free_form_constructions(backend: str, text: str, expected_heads: list[str],
+                                 expected: list[tuple[str, str, str]],
+                                 modifiers: dict[str, tuple[str, ...]]) -> None:
+    graph = parse(text, backend=backend)
+    assert heads(graph) == expected_heads
+    assert triples(graph) == expected
+    assert {e.head: e.spatial for e in graph.entities if e.spatial} == modifiers
+
+
+def test_a_participle_without_object_describes_the_referent(backend: str) -> None:
+    graph = parse("the boy skating on the left", backend)
+    assert "skating" in graph.entities[0].attributes
+
+
 def test_relational_entities_keep_their_modifiers(backend: str) -> None:
     graph = parse("the medium diamond which is to the left of the lowest circle", backend)
     assert graph == SceneGraph(

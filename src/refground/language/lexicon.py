@@ -10,6 +10,11 @@ tokens separated by spaces, ``a|b`` for alternatives and ``(x)`` / ``(a|b)`` for
 
 from __future__ import annotations
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # --- canonical vocabulary (what graphs contain) --------------------------------------------------
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
@@ -24,6 +29,8 @@ REGIONS: dict[str, str] = {
 MIDDLE = "middle"
 CLOSEST = "closest"  # unary: closest to the viewer
 LARGEST, SMALLEST = "largest", "smallest"
+TALLEST, SHORTEST = "tallest", "shortest"  # box height, beyond SynthRef
+FARTHEST = "farthest"  # unary: farthest from the viewer, beyond SynthRef
 COMPARATIVES: dict[str, str] = {"bigger": "bigger", "smaller": "smaller"}
 DEPTH: dict[str, str] = {"front": "in front", "back": "in the back"}  # beyond SynthRef
 ORDINALS: dict[int, str] = {
@@ -35,7 +42,7 @@ DEFAULT_ORDINAL_DIRECTION = "left"
 
 SPATIAL_VALUES: frozenset[str] = frozenset(
     (*SUPERLATIVES.values(), *REGIONS.values(), MIDDLE, CLOSEST, LARGEST, SMALLEST,
-     *COMPARATIVES.values(), *DEPTH.values()))
+     *COMPARATIVES.values(), *DEPTH.values(), TALLEST, SHORTEST, FARTHEST))
 
 # Relation predicates. The six spatial ones are SynthRef's; the rest are kept as written.
 SPATIAL_PREDICATES: tuple[str, ...] = (
@@ -51,6 +58,21 @@ DOMINANT_PREDICATES: frozenset[str] = frozenset(
 # belongs to the owner, not to the shirt.
 CLIMBING_PREDICATES: frozenset[str] = frozenset(
     ("in", "with", "wearing", "holding", "carrying", "has", "of", "full of"))
+# ... except that a thing held or carried is where the next relation happens ("the man holding
+# the umbrella over the woman": the umbrella is over her), as is a thing in or on a body part
+# ("the dog with a frisbee in its mouth").
+HANDLING_PREDICATES: frozenset[str] = frozenset(("holding", "carrying"))
+BODY_PARTS: frozenset[str] = _words(
+    "mouth hand hands arm arms head lap paw paws teeth shoulder shoulders back neck ear ears "
+    "face foot feet leg legs finger fingers")
+# Verbs of posture and placement add nothing a box can show to "in" / "on" / "at": "the cat
+# sleeping on the bed" is the cat on the bed. Other verbs stay ("looking at", "leaning on").
+POSTURE_VERBS: frozenset[str] = _words(
+    "sitting sits sit seated lying lies lay laying standing stands stand sleeping sleeps "
+    "perched resting rests hanging hangs hung parked placed located positioned situated "
+    "kneeling squatting crouching floating stacked displayed mounted laid set kept stored "
+    "lounging napping waiting staying seen shown sat")
+LOCATIVE_PREDICATES: frozenset[str] = frozenset(("in", "on", "at"))
 
 IMPLICIT_HEAD = "object"  # head of a noun phrase that names no noun ("the leftmost", "left")
 GENERIC_HEADS: tuple[str, ...] = ("object", "shape", "thing", "one")
@@ -90,6 +112,11 @@ def _superlative_patterns() -> list[tuple[str, str, str]]:
         ("bottom", "spatial", "bottommost"),
         ("at|on (the) very bottom", "post", "bottommost"),
         ("lowest|furthest|farthest down", "post", "bottommost"),
+        ("tallest", "spatial", TALLEST),
+        ("shortest", "spatial", SHORTEST),
+        ("furthest|farthest (away) (from|to) (the) camera|us|you|me|viewer|photographer",
+         "post", FARTHEST),
+        ("furthest|farthest away|back", "post", FARTHEST),
         ("largest|biggest", "spatial", LARGEST),
         ("smallest|tiniest", "spatial", SMALLEST),
         ("bigger|larger", "spatial", "bigger"),
@@ -201,6 +228,20 @@ def _relation_patterns() -> list[tuple[str, str, str]]:
         ("riding|rides", "rel", "riding"),
         ("has|have|having", "rel", "has"),
         ("full of", "rel", "full of"),
+        # "the umbrella held by the woman": the woman is holding it
+        ("held by", "passive", "holding"),
+        ("carried by", "passive", "carrying"),
+        ("worn by", "passive", "wearing"),
+        ("ridden by", "passive", "riding"),
+        ("eaten by", "passive", "eating"),
+        ("cut by", "passive", "cutting"),
+        ("pulled by", "passive", "pulling"),
+        ("driven by", "passive", "driving"),
+        ("used by", "passive", "using"),
+        ("thrown by", "passive", "throwing"),
+        ("caught by", "passive", "catching"),
+        ("walked by", "passive", "walking"),
+        ("covered by|with", "passive", "covering"),
         # connectors carry no meaning of their own
         ("that|which|who is|are|was|were", "conn", ""),
         ("thats|whos", "conn", ""),
@@ -211,15 +252,25 @@ def _relation_patterns() -> list[tuple[str, str, str]]:
     return patterns
 
 
+def _imperative_patterns() -> list[tuple[str, str, str]]:
+    """Commands that open an expression ("find the purple star"); dropped at the start."""
+    return [
+        ("(please) find|select|locate|pick|choose|identify|spot|highlight|indicate|detect|get "
+         "(me)", "imperative", ""),
+        ("(please) click|tap|press (on)", "imperative", ""),
+        ("(please) point (to|at) (me)", "imperative", ""),
+        ("(please) show (me) (where)", "imperative", ""),
+        ("(please) look for", "imperative", ""),
+        ("(please) give me", "imperative", ""),
+        ("where is|are", "imperative", ""),
+    ]
+
+
 PHRASE_PATTERNS: tuple[tuple[str, str, str], ...] = (
     *_superlative_patterns(), *_region_patterns(), *_ordinal_patterns(),
-    *_relation_patterns())
+    *_relation_patterns(), *_imperative_patterns())
 
 # --- word classes -------------------------------------------------------------------------------
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
 
 
 DETERMINERS: frozenset[str] = _words(
@@ -252,7 +303,19 @@ PRONOUNS: frozenset[str] = _words("it he she they them him us you me i we")
 ING_NOUNS: frozenset[str] = _words(
     "thing things ring king building ceiling painting clothing railing string wing swing "
     "sibling icing pudding wedding awning evening morning bedding frosting topping stuffing "
-    "sling spring bowling skiing surfing sign ding darling ping lightning")
+    "sling spring sign ding darling ping lightning")
+# Two-word nouns whose second word the lexicon would read otherwise ("light" is a colour
+# word, "top" a spatial one); the first word is the compound's modifier.
+COMPOUND_NOUNS: frozenset[tuple[str, str]] = frozenset(tuple(pair.split()) for pair in (
+    "traffic light", "street light", "stop sign", "street sign", "fire hydrant", "hot dog",
+    "cell phone", "wine glass", "tennis racket", "baseball bat", "baseball glove",
+    "teddy bear", "parking meter", "ice cream", "tank top", "light pole", "night stand",
+    "laptop computer", "coffee table", "dining table", "hair drier", "tooth brush",
+    "computer mouse", "remote control", "sail boat", "double decker", "lamp post",
+    "hand bag", "back pack", "surf board", "snow board", "skate board", "side table"))
+# Adjectives that are nouns where no noun follows ("the orange in the corner"; "half of the
+# sandwich"); "the orange cup" and "half sandwich" keep them adjectives.
+NOUN_ADJECTIVES: frozenset[str] = _words("orange half top")
 # frame nouns: "on the left of the picture" is a region, not a relation to an object
 FRAME_NOUNS: frozenset[str] = _words(
     "picture image photo pic photograph frame screen scene view shot pict img")
@@ -280,6 +343,9 @@ IRREGULAR_PLURALS: dict[str, str] = {
     "oxen": "ox", "calves": "calf", "scarves": "scarf", "ladies": "lady", "guys": "guy",
     "toys": "toy", "boys": "boy", "keys": "key", "monkeys": "monkey", "donkeys": "donkey",
     "trays": "tray", "movies": "movie", "cookies": "cookie", "pies": "pie", "ties": "tie",
+    "buses": "bus", "potatoes": "potato", "tomatoes": "tomato", "heroes": "hero",
+    "dice": "die", "cacti": "cactus", "sheep": "sheep", "fish": "fish", "deer": "deer",
+    "skis": "ski", "toes": "toe",
 }
 SINGULAR_S: frozenset[str] = _words(
     "bus cross glass grass dress gas lens canvas pants shorts jeans scissors glasses species "

@@ -37,7 +37,7 @@ def lexical_class(word: str) -> str | None:
         return "det"
     if word in NUMBERS:
         return "num"
-    if word in KNOWN_NOUNS:
+    if word in KNOWN_NOUNS or word in ING_NOUNS:
         return "noun"
     if word in ADJECTIVES:
         return "adj"
@@ -63,7 +63,7 @@ def rule_class(word: str) -> str:
         return "verb"
     if word.isdigit():
         return "num"
-    if len(word) > 4 and word not in ING_NOUNS and word.endswith(("ing", "ed")):
+    if len(word) > 4 and word.endswith(("ing", "ed")):
         return "part"
     return "noun"
 

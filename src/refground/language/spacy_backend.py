@@ -4,9 +4,10 @@ SceneGraphParser (``sng_parser``) builds entities from spaCy's noun chunks and r
 the dependency tree. On referring expressions it goes wrong in predictable ways ("the leftmost
 dog" -> head "leftmost dog", "to the left of" -> a relation to the noun "left", "the bigger of
 the two circles" -> no referent), so its graph is not used as is: spaCy supplies the word
-classes and lemmas, SceneGraphParser the noun-chunk boundaries and, for free-form verbs
-("the girl looking at the table"), which noun a relation's subject is; the lexicon-driven
-:func:`~refground.language.structure.build_graph` does the rest.
+classes, SceneGraphParser, for free-form verbs ("the girl looking at the table"), which noun a
+relation's subject is; the lexicon-driven :func:`~refground.language.structure.build_graph`
+does the rest. Lemmas are the shared :func:`~refground.language.text.singular`, not spaCy's
+(the small model lemmatises "vases" to "vas" and "scissors" to "scissor").
 
 SceneGraphParser's own constructor calls ``spacy.load("en_core_web_sm")``; we subclass its
 backend and hand it the pipeline loaded here, so the model is loaded once, from whichever
@@ -19,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from refground.errors import MissingDependencyError
-from refground.language.lexicon import ING_NOUNS
 from refground.language.rules import lexical_class
 from refground.language.structure import Token, build_graph
 from refground.language.text import normalize, singular
@@ -95,8 +95,14 @@ def spacy_class(token: Any) -> str:
     known = lexical_class(word)
     if known is not None:
         return known
-    if token.pos_ == "NOUN" and len(word) > 4 and word.endswith("ing") and word not in ING_NOUNS:
-        return "part"  # the small model tags many participles as nouns ("in black standing")
+    participle = len(word) > 4 and word.endswith(("ing", "ed"))
+    if token.pos_ in ("NOUN", "VERB", "ADJ") and participle:
+        # the small model tags many participles as nouns ("in black standing") or verbs
+        # ("glazed donut"); where they stand decides (see structure.build_graph)
+        return "part"
+    if token.pos_ == "VERB" and token.i == 0:
+        return "noun"  # a noun taken for a command ("kitten on the keyboard"); real
+        # commands ("find the ...") are lexicon phrases, matched before word classes count
     return _DEP_CLASS.get(token.dep_) or _POS_CLASS.get(token.pos_, "other")
 
 
@@ -120,22 +126,15 @@ class SpacyBackend:
         return self.graph(self.nlp(normalize(text)))
 
     def graph(self, doc: Any) -> SceneGraph:
-        chunks, hints = self._scene_graph_hints(doc)
-        tokens = [
-            Token(t.lower_, t.lemma_.lower() if t.pos_ == "NOUN" and t.lemma_ else
-                  singular(t.lower_), spacy_class(t), chunks.get(t.i))
-            for t in doc
-        ]
-        return build_graph(tokens, hints)
+        tokens = [Token(t.lower_, singular(t.lower_), spacy_class(t)) for t in doc]
+        return build_graph(tokens, self._subject_hints(doc))
 
-    def _scene_graph_hints(self, doc: Any) -> tuple[dict[int, int], dict[int, int]]:
-        """Noun-chunk id per token and object head -> subject head, from SceneGraphParser."""
+    def _subject_hints(self, doc: Any) -> dict[int, int]:
+        """Object head -> subject head token index, from SceneGraphParser's relations."""
         try:
             raw = self.sng.parse(doc)
         except (IndexError, KeyError, ValueError, AttributeError):
-            return {}, {}  # its heuristics index past odd parses; the structure copes
+            return {}  # its heuristics index past odd parses; the structure copes
         bounds = [tuple(entity["span_bounds"]) for entity in raw["entities"]]
-        chunks = {i: j for j, (start, end) in enumerate(bounds) for i in range(start, end)}
-        hints = {bounds[r["object"]][1] - 1: bounds[r["subject"]][1] - 1
-                 for r in raw["relations"]}
-        return chunks, hints
+        return {bounds[r["object"]][1] - 1: bounds[r["subject"]][1] - 1
+                for r in raw["relations"]}

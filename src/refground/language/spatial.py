@@ -64,6 +64,9 @@ SIZE_SUPERLATIVES: dict[str, bool] = {
     "nearest": True, "smallest": False, "smaller": False, "tiniest": False,
     "farthest": False, "furthest": False,
 }
+#: Height superlatives: "the tallest giraffe" has the tallest box (True), "the shortest woman"
+#: the shortest; in a photo that is the box's height, whatever its width.
+HEIGHT_SUPERLATIVES: dict[str, bool] = {"tallest": True, "shortest": False}
 #: Size adjectives, read as a size class among the entity's own members: "the small red
 #: circle" is one of the red circles that no other red circle is clearly smaller than, whatever
 #: its size in pixels ("small" is relative to the things compared, in RefCOCO as in SynthRef).
@@ -362,6 +365,12 @@ def _position_order(geometry: Geometry, direction: str) -> Tensor:
     return precedence(sign * geometry.centers[:, axis], geometry.pair_scale(), ORDER_MARGIN)
 
 
+def _height_order(geometry: Geometry, tallest: bool) -> Tensor:
+    heights = (geometry.boxes[:, 3] - geometry.boxes[:, 1]).clamp(min=1.0).log()
+    keys = -heights if tallest else heights
+    return precedence(keys, torch.ones(len(geometry), len(geometry)), SIZE_ORDER_MARGIN)
+
+
 def _size_order(geometry: Geometry, largest: bool) -> Tensor:
     keys = -geometry.areas.log() if largest else geometry.areas.log()
     return precedence(keys, torch.ones(len(geometry), len(geometry)), SIZE_ORDER_MARGIN)
@@ -459,6 +468,8 @@ def modifier(name: str, geometry: Geometry, members: Tensor) -> Tensor | None:
         return ordinal(members, _position_order(geometry, SUPERLATIVES[text]), 1)
     if text in SIZE_SUPERLATIVES:
         return ordinal(members, _size_order(geometry, SIZE_SUPERLATIVES[text]), 1)
+    if text in HEIGHT_SUPERLATIVES:
+        return ordinal(members, _height_order(geometry, HEIGHT_SUPERLATIVES[text]), 1)
     if text in REGIONS:
         return region(REGIONS[text], geometry)
     if text in ("middle", "center", "centre", "in the middle", "in the center"):

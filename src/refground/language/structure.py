@@ -1,7 +1,7 @@
 """Tokens with word classes -> :class:`~refground.types.SceneGraph`, the same way for every backend.
 
 A backend only says what each word is (determiner, adjective, noun, verb, preposition, ...),
-optionally which noun chunk it belongs to and which noun a verb's object hangs off. Everything
+and optionally which noun a verb's object hangs off. Everything
 that makes a *referring* expression's graph -- the lexicon's spatial phrases, ordinals and
 their origin, "the bigger of the two circles", connectors, chained relations, frame nouns
 ("on the left of the picture") -- is decided here, so the spaCy and rule backends agree on it.
@@ -12,10 +12,18 @@ Conventions (those of SynthRef's gold graphs):
   ("left of the dog") gets an implicit referent with head ``object`` and an empty span;
 * a noun phrase that names no noun ("the leftmost", "left", "the second from the right") has
   head ``object`` (:data:`~refground.language.lexicon.IMPLICIT_HEAD`);
-* a postmodifier ("on the left", "from the top") belongs to the nearest noun phrase before it;
+* a postmodifier ("on the left", "from the top") belongs to the nearest noun phrase before it,
+  except that a possession or clothing object hands it on to its owner ("the lady wearing a
+  hat on the left" is on the left); before a noun it is that noun's ("the sandwich on the left
+  plate": the plate is on the left);
 * a relation's subject is the nearest noun phrase before it, except that a possession or
   clothing object hands the relation on to its owner ("man in red shirt next to the woman":
-  the man is next to the woman); a backend may override this for free-form verbs.
+  the man is next to the woman) -- not a body part ("a frisbee in its mouth"), nor a held
+  thing to a placing relation ("holding the umbrella over the woman"); a backend may
+  override this for free-form verbs;
+* "held by the woman" and "the umbrella the woman is holding" make the woman the subject;
+* commands ("find", "click on", "select") that open an expression are dropped;
+* "of the three dogs, the one in the middle" is one phrase, the dog in the middle.
 """
 
 from __future__ import annotations
@@ -24,17 +32,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from refground.language.lexicon import (
+    ADJECTIVES,
+    BODY_PARTS,
     CLIMBING_PREDICATES,
     CLOSEST,
+    COLOURS,
+    COMPOUND_NOUNS,
     DEFAULT_ORDINAL_DIRECTION,
     DOMINANT_PREDICATES,
     FRAME_NOUNS,
     FRAME_REGIONS,
+    HANDLING_PREDICATES,
     IMPLICIT_HEAD,
+    LOCATIVE_PREDICATES,
+    NOUN_ADJECTIVES,
     ORDINALS,
+    POSTURE_VERBS,
     ordinal_spatial,
 )
-from refground.language.phrases import PhraseMatch, match_phrases
+from refground.language.phrases import PhraseMatch, match_phrases, phrase_table
 from refground.types import Entity, Relation, SceneGraph
 
 # Word classes a backend assigns. "part" is a participle whose role depends on position
@@ -45,6 +61,9 @@ WORD_CLASSES = frozenset(
 _MODIFIERS = frozenset(("det", "num", "adj", "intens", "that", "part"))
 _NP_STARTS = frozenset(("det", "num", "adj", "noun", "that", "part"))
 _ORDINAL_MARK = "\0ordinal"
+_NOT_A_PHRASE = "\0noun"  # what phrase matching sees of a word made a noun by its context
+# Relations a held thing or a thing on a body part takes over from its owner.
+_PLACING_PREDICATES = frozenset(("above", "below", "on", "in"))
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,6 @@ class Token:
     text: str
     lemma: str
     cls: str
-    chunk: int | None = None  # the backend's noun-chunk id, when it has one
 
 
 @dataclass(eq=False)
@@ -65,6 +83,7 @@ class _Phrase:
     head: int | None = None
     attributes: list[str] = field(default_factory=list)
     spatial: list[str] = field(default_factory=list)
+    trailing: list[str] = field(default_factory=list)  # postmodifiers: "on the left" after it
     ordinal: int | None = None
     origin: str | None = None
     last_noun: bool = False
@@ -82,12 +101,18 @@ class _Phrase:
 class _Rel:
     parts: list[tuple[str, str | None]] = field(default_factory=list)  # (surface, canonical)
     tokens: list[int] = field(default_factory=list)
+    passive: bool = False  # "held by": the object is the one doing it
 
     @property
     def predicate(self) -> str:
         for _, canonical in self.parts:
             if canonical in DOMINANT_PREDICATES:
                 return canonical
+        named = [canonical for _, canonical in self.parts if canonical]
+        if (len(named) == 1 and named[0] in LOCATIVE_PREDICATES
+                and all(canonical or surface in POSTURE_VERBS
+                        for surface, canonical in self.parts)):
+            return named[0]  # "sleeping on" -> on
         if len(self.parts) == 1:
             surface, canonical = self.parts[0]
             return canonical or surface
@@ -121,18 +146,66 @@ def build_graph(tokens: Sequence[Token], subject_hints: Mapping[int, int] | None
     """
     if not tokens:
         return SceneGraph()
-    items = _group(tokens)
+    tokens, nouns = _nouns_by_context(tokens)
+    items = _group(tokens, nouns)
     items = _verb_adjectives(_merge_of_groups(items, tokens), tokens)
     return _assemble(items, tokens, subject_hints or {})
 
 
+# --- words whose class depends on their neighbours ----------------------------------------------
+
+def _nouns_by_context(tokens: Sequence[Token]) -> tuple[list[Token], frozenset[int]]:
+    """Tokens with the nouns their neighbours reveal made nouns, and the indices so made.
+
+    "traffic light" and "stop sign" are compounds (:data:`COMPOUND_NOUNS`); "the orange in
+    the corner" and "the half of the sandwich" name an orange and a half, where "the orange
+    cup" does not; "the woman in the black top" wears a top. Those words are then kept out of
+    phrase matching, so "top" is not read as "topmost".
+    """
+    fixed = list(tokens)
+    nouns: set[int] = set()
+    in_phrases = {index for match in match_phrases([t.text for t in tokens])
+                  for index in range(match.start, match.end)}
+
+    def cls(index: int) -> str | None:
+        """The word's class; None past the ends and inside a lexicon phrase ("in", "next
+        to"), whose words a backend may class as anything."""
+        if not 0 <= index < len(fixed) or index in in_phrases:
+            return None
+        return fixed[index].cls
+
+    def text(index: int) -> str | None:
+        return fixed[index].text if 0 <= index < len(fixed) else None
+
+    for index, token in enumerate(tokens):
+        word = token.text
+        if (text(index - 1), word) in COMPOUND_NOUNS:
+            nouns.update((index - 1, index))
+        elif word in NOUN_ADJECTIVES and cls(index + 1) not in ("noun", "adj", "num"):
+            previous = text(index - 1)
+            if word == "half":
+                noun = text(index + 1) == "of"
+            elif word == "top":
+                noun = previous in COLOURS
+            else:  # a colour that is also a thing: the referent, or after a determiner
+                noun = index == 0 or cls(index - 1) == "det"
+            if noun:
+                nouns.add(index)
+    for index in nouns:
+        token = fixed[index]
+        fixed[index] = Token(token.text, token.lemma, "noun")
+    return fixed, frozenset(nouns)
+
+
 # --- grouping words into noun phrases and relation phrases --------------------------------------
 
-def _units(tokens: Sequence[Token]) -> list[PhraseMatch | int]:
+def _units(tokens: Sequence[Token], nouns: frozenset[int] = frozenset()
+           ) -> list[PhraseMatch | int]:
     """Phrase matches and the single tokens between them, in order."""
     units: list[PhraseMatch | int] = []
     position = 0
-    for match in match_phrases([t.text for t in tokens]):
+    words = [_NOT_A_PHRASE if i in nouns else t.text for i, t in enumerate(tokens)]
+    for match in match_phrases(words):
         units.extend(range(position, match.start))
         units.append(match)
         position = match.end
@@ -192,6 +265,9 @@ class _Grouper:
         elif (target := self.target()) is not None:
             phrase = target  # postmodifier: "the dog on the left"
             self.close()
+            if not ordinal:
+                phrase.trailing.append(str(value))
+                return
         else:
             phrase = self.start()  # a phrase that starts with it: "leftmost dog", "left"
             phrase.tokens.extend(indices)
@@ -214,13 +290,33 @@ class _Grouper:
                 self.spatial(match, CLOSEST)
         elif match.kind == "spatial":
             self.spatial(match, match.value)
+        elif match.kind == "post" and self._premodifies(match, following):
+            # "the sandwich on the left plate": "on" relates it to the plate on the left
+            first = self.tokens[match.start].text
+            self.relation(first, phrase_table()[(first,)][1], [match.start])
+            phrase = self.start()
+            phrase.tokens.extend(indices[1:])
+            phrase.premodified = True
+            phrase.spatial.append(match.value)
         elif match.kind == "post":
+            self._verb_as_attribute()
             target = self.target()
             if target is None:  # nothing before it: "on the left" is the whole expression
                 target = self.start()
                 target.tokens.extend(indices)
-            target.spatial.append(match.value)
+                target.spatial.append(match.value)
+            else:
+                target.trailing.append(match.value)
             self.close()
+        elif match.kind == "imperative":
+            if self.items:  # not a command where it opens no expression: read word by word
+                for index in indices:
+                    self.word(index)
+        elif match.kind == "passive":
+            self.relation(words, match.value, indices)
+            rel = self.items[-1]
+            assert isinstance(rel, _Rel)
+            rel.passive = True
         elif match.kind == "ordinal":
             self.spatial(match, match.value, ordinal=True)
         elif match.kind == "origin":
@@ -235,6 +331,23 @@ class _Grouper:
             self.relation(words, match.value, indices)
         else:  # "conn"
             self.connector()
+
+    def _verb_as_attribute(self) -> None:
+        """"a person skiing on the left": a verb with no object before a position describes
+        the phrase before it, which the position then belongs to."""
+        if (len(self.items) >= 2 and isinstance(rel := self.items[-1], _Rel)
+                and isinstance(owner := self.items[-2], _Phrase)
+                and not any(canonical for _, canonical in rel.parts)):
+            owner.attributes.append(rel.predicate)
+            self.items.pop()
+
+    def _premodifies(self, match: PhraseMatch, following: PhraseMatch | int | None) -> bool:
+        """A region phrase ("on the left") directly before a noun that is not the frame."""
+        first = self.tokens[match.start].text
+        return (isinstance(following, int) and self.tokens[following].cls == "noun"
+                and self.tokens[following].lemma not in FRAME_NOUNS
+                and match.end - match.start > 1 and self.target() is not None
+                and phrase_table().get((first,), ("", ""))[0] == "rel")
 
     def connector(self) -> None:
         self.close()
@@ -276,11 +389,8 @@ class _Grouper:
     def noun(self, index: int, token: Token) -> None:
         phrase = self.open
         if phrase is not None and phrase.head is not None:
-            previous = self.tokens[phrase.head]
-            same_chunk = token.chunk is None or previous.chunk is None \
-                or token.chunk == previous.chunk
-            if phrase.last_noun and same_chunk:  # compound: "tennis racket"
-                phrase.attributes.append(previous.text)
+            if phrase.last_noun:  # compound: "tennis racket", "chocolate donut"
+                phrase.attributes.append(self.tokens[phrase.head].text)
             else:
                 phrase = None
         if phrase is None:
@@ -290,9 +400,9 @@ class _Grouper:
         phrase.last_noun = True
 
 
-def _group(tokens: Sequence[Token]) -> list[_Item]:
+def _group(tokens: Sequence[Token], nouns: frozenset[int] = frozenset()) -> list[_Item]:
     grouper = _Grouper(tokens)
-    units = _units(tokens)
+    units = _units(tokens, nouns)
     for position, unit in enumerate(units):
         following = units[position + 1] if position + 1 < len(units) else None
         if isinstance(unit, PhraseMatch):
@@ -319,8 +429,26 @@ def _verb_adjectives(items: list[_Item], tokens: Sequence[Token]) -> list[_Item]
     return kept
 
 
+def _selects_from_group(item: _Item, tokens: Sequence[Token]) -> bool:
+    """"the bigger one", "the one on the left": a phrase that picks one of a group."""
+    return isinstance(item, _Phrase) and (
+        item.head is None or tokens[item.head].lemma in ("one", "ones"))
+
+
 def _merge_of_groups(items: list[_Item], tokens: Sequence[Token]) -> list[_Item]:
-    """"the bigger of the two circles" -> one phrase: head circle, spatial bigger."""
+    """"the bigger of the two circles" -> one phrase: head circle, spatial bigger; so is "of
+    the two circles, the bigger one"."""
+    if (len(items) >= 3 and isinstance(of := items[0], _Rel) and of.predicate == "of"
+            and isinstance(group := items[1], _Phrase) and group.head is not None
+            and _selects_from_group(chosen := items[2], tokens)):
+        assert isinstance(chosen, _Phrase)
+        group.prefix = list(of.tokens)
+        group.spatial.extend(chosen.spatial)
+        group.trailing.extend(chosen.trailing)
+        group.attributes.extend(chosen.attributes)
+        group.ordinal = chosen.ordinal if chosen.ordinal is not None else group.ordinal
+        group.origin = chosen.origin or group.origin
+        items = [group, *items[3:]]
     merged: list[_Item] = []
     position = 0
     while position < len(items):
@@ -337,6 +465,7 @@ def _merge_of_groups(items: list[_Item], tokens: Sequence[Token]) -> list[_Item]
                 continue
             group.prefix = [*item.tokens, *of.tokens]
             group.spatial[:0] = item.spatial
+            group.trailing[:0] = item.trailing
             group.attributes[:0] = item.attributes
             group.ordinal = item.ordinal if item.ordinal is not None else group.ordinal
             group.origin = item.origin or group.origin
@@ -363,48 +492,70 @@ class _Assembler:
 
     def subject(self, rel: _Rel, obj: _Phrase) -> int:
         """Nearest phrase before the relation (or the backend's hint for a free-form verb),
-        then up from a possession/clothing object to its owner."""
+        then up from a possession/clothing object to its owner -- not when the object is a
+        body part, nor from a held thing to a placing relation ("holding X over Y")."""
         subject = len(self.entities) - 1
         if rel.free and obj.head is not None and obj.head in self.hints:
             hinted = self.hints[obj.head]
             subject = next((index for index, entity in enumerate(self.entities)
                             if entity.head == hinted), subject)
+        if obj.head is not None and self.tokens[obj.head].lemma in BODY_PARTS:
+            return subject
         for _ in range(len(self.relations)):
-            owner = next((s for s, p, o in self.relations
+            owner = next(((s, p) for s, p, o in self.relations
                           if o == subject and p in CLIMBING_PREDICATES), None)
-            if owner is None:
+            if owner is None or (owner[1] in HANDLING_PREDICATES
+                                 and rel.predicate in _PLACING_PREDICATES):
                 break
-            subject = owner
+            subject = owner[0]
         return subject
 
     def run(self, items: Sequence[_Item]) -> None:
         pending: _Rel | None = None
         conjoined = False
         previous: _Item | None = None
+        juxtaposed: _Phrase | None = None  # a phrase right after another: "the bench the man"
+        clause: tuple[int, int] | None = None
         for item in items:
             if isinstance(item, _Rel):
                 if not self.entities:
                     self.add(_Phrase())  # "left of the dog": an implicit referent
                 pending = item
+                clause = ((len(self.entities) - 2, len(self.entities) - 1)
+                          if juxtaposed is not None and previous is juxtaposed else None)
             elif isinstance(item, _Conj):
                 conjoined = pending is None
             elif isinstance(item, _Phrase):
+                count = len(self.entities)
                 self.phrase(item, pending, conjoined, previous)
+                juxtaposed = item if (pending is None and not conjoined
+                                      and isinstance(previous, _Phrase)
+                                      and len(self.entities) == count + 1) else None
                 pending, conjoined = None, False
             if not isinstance(item, _Conn):
                 previous = item
         if pending is not None and self.entities:
-            self.dangling(pending)
+            self.dangling(pending, clause)
 
     def phrase(self, item: _Phrase, pending: _Rel | None, conjoined: bool,
                previous: _Item | None) -> None:
         if pending is not None:
             subject = self.subject(pending, item)
+            if item.bare:
+                self._name_unknown_word(item)
             if item.bare:  # "man in red (on the right)": all of it describes the man
                 self.entities[subject].attributes.extend(item.attributes)
                 self.entities[subject].spatial.extend(_spatial(item))
                 return
-            self.relations.append((subject, pending.predicate, self.add(item)))
+            obj = self.add(item)
+            if pending.passive:  # "the umbrella held by the woman"
+                self.relations.append((obj, pending.predicate, subject))
+                return
+            self.relations.append((subject, pending.predicate, obj))
+            if pending.predicate in CLIMBING_PREDICATES and not self._body_part(item):
+                # "the lady wearing a hat on the left": the lady is on the left
+                self.entities[subject].trailing.extend(item.trailing)
+                item.trailing.clear()
         elif conjoined and self.relations and self.relations[-1][2] == len(self.entities) - 1:
             subject, predicate, _ = self.relations[-1]  # "between the cat and the dog"
             self.relations.append((subject, predicate, self.add(item)))
@@ -414,10 +565,28 @@ class _Assembler:
         else:
             self.add(item)
 
-    def dangling(self, rel: _Rel) -> None:
-        """A relation with no object: "closest" is unary; a verb describes its subject."""
+    def _body_part(self, phrase: _Phrase) -> bool:
+        return phrase.head is not None and self.tokens[phrase.head].lemma in BODY_PARTS
+
+    def _name_unknown_word(self, phrase: _Phrase) -> None:
+        """"behind the croissant" with "croissant" tagged an adjective: an object after a
+        determiner whose last word the lexicon does not know as an adjective is a noun."""
+        last = self.tokens[phrase.tokens[-1]] if phrase.tokens else None
+        if (last is not None and last.cls == "adj" and last.text not in ADJECTIVES
+                and last.text in phrase.attributes and not phrase.spatial
+                and any(self.tokens[i].cls == "det" for i in phrase.tokens)):
+            phrase.head = phrase.tokens[-1]
+            phrase.attributes.remove(last.text)
+
+    def dangling(self, rel: _Rel, clause: tuple[int, int] | None = None) -> None:
+        """A relation with no object: "closest" is unary; a verb describes its subject, or,
+        right after a second noun phrase, relates that one to the first ("the motorcycle the
+        man is riding", "the bench that the man is sitting on")."""
         last = self.entities[-1]
-        if rel.predicate == "closest to":
+        if clause is not None and rel.predicate != "closest to" and not rel.passive:
+            obj, subject = clause
+            self.relations.append((subject, rel.predicate, obj))
+        elif rel.predicate == "closest to":
             last.spatial.append(CLOSEST)
         elif not any(canonical for _, canonical in rel.parts):
             last.attributes.append(rel.predicate)
@@ -433,7 +602,7 @@ class _Assembler:
             owner = self.entities[subject]
             if predicate in FRAME_REGIONS:
                 owner.spatial.append(FRAME_REGIONS[predicate])
-            owner.spatial.extend(frame.spatial)
+            owner.spatial.extend(_spatial(frame))
             self._remove(obj)
             return self.drop_frames()
         return None
@@ -469,7 +638,7 @@ class _Assembler:
 
 def _spatial(phrase: _Phrase) -> tuple[str, ...]:
     values: list[str] = []
-    for value in phrase.spatial:
+    for value in (*phrase.spatial, *phrase.trailing):
         if value == _ORDINAL_MARK:
             rank = phrase.ordinal if phrase.ordinal in ORDINALS else 1
             value = ordinal_spatial(rank, phrase.origin or DEFAULT_ORDINAL_DIRECTION)

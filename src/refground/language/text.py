@@ -50,6 +50,10 @@ def singular(noun: str) -> str:
     """A plural noun's singular by rule ("circles" -> "circle", "boxes" -> "box")."""
     if noun in IRREGULAR_PLURALS:
         return IRREGULAR_PLURALS[noun]
+    for plural, single in IRREGULAR_PLURALS.items():  # "bookshelves", "firemen"
+        if (plural.endswith(("ves", "men")) and noun.endswith(plural)
+                and len(noun) - len(plural) >= 3):
+            return noun[:-len(plural)] + single
     if len(noun) <= 3 or noun in SINGULAR_S or noun.endswith(("ss", "us", "is")):
         return noun
     if noun.endswith("ies") and len(noun) > 4:
