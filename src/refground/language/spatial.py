@@ -58,11 +58,12 @@ SUPERLATIVES: dict[str, str] = {
     "highest": "top", "lowest": "bottom", "uppermost": "top", "lowermost": "bottom",
 }
 #: Size superlatives and the two-member comparatives; ``closest`` / ``farthest`` (to the
-#: viewer) are read as the biggest / smallest, since nearer things look bigger in a photo.
+#: viewer) are read as the biggest / smallest, since nearer things look bigger in a photo, and
+#: so are "in front" and "in the back".
 SIZE_SUPERLATIVES: dict[str, bool] = {
     "largest": True, "biggest": True, "bigger": True, "larger": True, "closest": True,
     "nearest": True, "smallest": False, "smaller": False, "tiniest": False,
-    "farthest": False, "furthest": False,
+    "farthest": False, "furthest": False, "in front": True, "in the back": False,
 }
 #: Height superlatives: "the tallest giraffe" has the tallest box (True), "the shortest woman"
 #: the shortest; in a photo that is the box's height, whatever its width.
