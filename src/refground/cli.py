@@ -50,14 +50,21 @@ def synth(
         help="Object sizes relative to the image: 'refcoco' (referents as large as "
              "RefCOCOg's) or 'small' (the original layout). Default: "
              "refground.data.synth.DEFAULT_SCALE.")] = None,
+    phrasing: Annotated[str, typer.Option(
+        help="'standard' (the generator's templates) or 'varied': the same images, referents "
+             "and logical forms in other wordings (relative clauses, 'of the Xs, the one "
+             "...', 'right-most', commands), to measure how much a method leans on the "
+             "grammar.")] = "standard",
 ) -> None:
     """Generate SynthRef, an offline benchmark in the RefCOCO (REFER) file layout."""
     from refground.data.synth import generate_synthref
 
     start = time.perf_counter()
-    stats = generate_synthref(out, seed=seed, num_images=images, scale=scale)
+    stats = generate_synthref(out, seed=seed, num_images=images, scale=scale,
+                              phrasing=phrasing)
     elapsed = time.perf_counter() - start
-    console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {stats.scale}) to {out} "
+    console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {stats.scale}, "
+                  f"{phrasing} phrasing) to {out} "
                   f"in {elapsed:.1f} s")
     console.print_json(json.dumps(stats.to_dict()))
 

@@ -101,6 +101,10 @@ def _superlative_patterns() -> list[tuple[str, str, str]]:
             (f"furthest|farthest|farest (to|on) (the) {side}", "post", value),
             (f"all the way (to|on) (the) {side}", "post", value),
         ]
+    for direction, value in SUPERLATIVES.items():  # "closest to the top", "nearest the left edge"
+        patterns.append(
+            (f"closest|nearest (to) (the) (very) {direction} (edge|side|border|end|part)",
+             "post", value))
     patterns += [
         ("topmost|uppermost|highest|upmost|top-most", "spatial", "topmost"),
         ("top most", "spatial", "topmost"),
@@ -298,6 +302,10 @@ VERBS: frozenset[str] = _words(
     "looks look sits sit stands stand eats eat holds hold wears wear shows show faces face "
     "touching touches touch")
 WH_WORDS: frozenset[str] = _words("which who whose whom where when")
+# Participles without -ed/-ing ("the cross found left of the star").
+PARTICIPLES: frozenset[str] = _words("found seen shown set kept laid hung sat held worn")
+# Words that add nothing a box can show: "the red colored circle" is the red circle.
+SKIPPED: frozenset[str] = _words("colored coloured please")
 PRONOUNS: frozenset[str] = _words("it he she they them him us you me i we")
 # -ing words that are nouns, so the rule backend does not read them as verbs
 ING_NOUNS: frozenset[str] = _words(

@@ -19,8 +19,10 @@ from refground.language.lexicon import (
     INTENSIFIERS,
     KNOWN_NOUNS,
     NUMBERS,
+    PARTICIPLES,
     PREPOSITIONS,
     PRONOUNS,
+    SKIPPED,
     VERBS,
     WH_WORDS,
 )
@@ -37,7 +39,11 @@ def lexical_class(word: str) -> str | None:
         return "det"
     if word in NUMBERS:
         return "num"
-    if word in KNOWN_NOUNS or word in ING_NOUNS:
+    if word in SKIPPED:
+        return "skip"
+    if word in PARTICIPLES:
+        return "part"
+    if word in KNOWN_NOUNS or word in ING_NOUNS or singular(word) in KNOWN_NOUNS:
         return "noun"
     if word in ADJECTIVES:
         return "adj"

@@ -179,12 +179,14 @@ def _nouns_by_context(tokens: Sequence[Token]) -> tuple[list[Token], frozenset[i
 
     for index, token in enumerate(tokens):
         word = token.text
+        after = next((i for i in range(index + 1, len(tokens)) if tokens[i].cls != "skip"),
+                     len(tokens))
         if (text(index - 1), word) in COMPOUND_NOUNS:
             nouns.update((index - 1, index))
-        elif word in NOUN_ADJECTIVES and cls(index + 1) not in ("noun", "adj", "num"):
+        elif word in NOUN_ADJECTIVES and cls(after) not in ("noun", "adj", "num"):
             previous = text(index - 1)
             if word == "half":
-                noun = text(index + 1) == "of"
+                noun = text(after) == "of"
             elif word == "top":
                 noun = previous in COLOURS
             else:  # a colour that is also a thing: the referent, or after a determiner
@@ -282,20 +284,22 @@ class _Grouper:
         words = " ".join(t.text for t in self.tokens[match.start:match.end])
         indices = list(range(match.start, match.end))
         if match.kind == "closest":
+            after_phrase = self.target() is not None or self._after_verb() is not None
             binary = (self.open is None or self.open.head is not None) \
-                and self.target() is not None and _starts_phrase(following, self.tokens)
+                and after_phrase and _starts_phrase(following, self.tokens)
             if binary:
                 self.relation(words, match.value, indices)
             else:
                 self.spatial(match, CLOSEST)
         elif match.kind == "spatial":
             self.spatial(match, match.value)
-        elif match.kind == "post" and self._premodifies(match, following):
-            # "the sandwich on the left plate": "on" relates it to the plate on the left
-            first = self.tokens[match.start].text
-            self.relation(first, phrase_table()[(first,)][1], [match.start])
+        elif match.kind == "post" and (split := self._relation_prefix(match, following)):
+            # "the sandwich on the left plate", "the circle closest to the top star": the
+            # leading words relate it to the noun that the rest modifies
+            lead = tuple(t.text for t in self.tokens[match.start:match.start + split])
+            self.relation(" ".join(lead), phrase_table()[lead][1], indices[:split])
             phrase = self.start()
-            phrase.tokens.extend(indices[1:])
+            phrase.tokens.extend(indices[split:])
             phrase.premodified = True
             phrase.spatial.append(match.value)
         elif match.kind == "post":
@@ -332,22 +336,39 @@ class _Grouper:
         else:  # "conn"
             self.connector()
 
+    def _after_verb(self) -> _Rel | None:
+        """The relation phrase just made of verbs alone after a noun phrase ("the circle
+        placed", "a person skiing"), if the items end so."""
+        before = [item for item in self.items[:-1] if not isinstance(item, _Conn)]
+        if (self.items and isinstance(rel := self.items[-1], _Rel)
+                and before and isinstance(before[-1], _Phrase)
+                and not any(canonical for _, canonical in rel.parts)):
+            return rel
+        return None
+
     def _verb_as_attribute(self) -> None:
         """"a person skiing on the left": a verb with no object before a position describes
-        the phrase before it, which the position then belongs to."""
-        if (len(self.items) >= 2 and isinstance(rel := self.items[-1], _Rel)
-                and isinstance(owner := self.items[-2], _Phrase)
-                and not any(canonical for _, canonical in rel.parts)):
-            owner.attributes.append(rel.predicate)
+        the phrase before it, which the position then belongs to ("placed on the left" only
+        places it)."""
+        if (rel := self._after_verb()) is not None:
             self.items.pop()
+            owner = next(item for item in reversed(self.items) if isinstance(item, _Phrase))
+            if not all(surface in POSTURE_VERBS for surface, _ in rel.parts):
+                owner.attributes.append(rel.predicate)
 
-    def _premodifies(self, match: PhraseMatch, following: PhraseMatch | int | None) -> bool:
-        """A region phrase ("on the left") directly before a noun that is not the frame."""
-        first = self.tokens[match.start].text
-        return (isinstance(following, int) and self.tokens[following].cls == "noun"
+    def _relation_prefix(self, match: PhraseMatch, following: PhraseMatch | int | None) -> int:
+        """For a region phrase directly before a noun that is not the frame, the number of
+        its leading words that are a relation ("on" of "on the left", "closest to" of
+        "closest to the top"); 0 otherwise."""
+        if not (isinstance(following, int) and self.tokens[following].cls == "noun"
                 and self.tokens[following].lemma not in FRAME_NOUNS
-                and match.end - match.start > 1 and self.target() is not None
-                and phrase_table().get((first,), ("", ""))[0] == "rel")
+                and self.target() is not None):
+            return 0
+        words = tuple(t.text for t in self.tokens[match.start:match.end])
+        for length in range(len(words) - 1, 0, -1):
+            if phrase_table().get(words[:length], ("", ""))[0] in ("rel", "closest"):
+                return length
+        return 0
 
     def connector(self) -> None:
         self.close()

@@ -26,7 +26,7 @@ import os
 import pickle
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from refground.data.synth.expressions import (
     RefPlan,
     plan_refs,
 )
+from refground.data.synth.paraphrase import PHRASINGS, paraphrase
 from refground.data.synth.scales import DEFAULT_SCALE, scale_of, scene_config_for
 from refground.data.synth.scenes import (
     COLOR_NAMES,
@@ -65,7 +66,7 @@ CATEGORY_IDS: dict[str, int] = {shape: i + 1 for i, shape in enumerate(SHAPES)}
 
 # Independent random streams derived from the seed: [seed, stream, ...].
 _SPLIT_STREAM, _HELD_OUT_STREAM, _IMAGE_STREAM = 0, 1, 2
-_SCENE_PART, _RENDER_PART = 0, 1
+_SCENE_PART, _RENDER_PART, _PHRASING_PART = 0, 1, 2
 _SCENE_TRIES = 200  # scenes sampled for one image before giving up on the settings
 _PARALLEL_FROM = 64  # by default, fewer images than this are generated in-process
 
@@ -179,6 +180,7 @@ class ImageJob:
     image_path: str
     scene_config: SceneConfig
     type_weights: tuple[tuple[str, float], ...]
+    phrasing: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -222,9 +224,25 @@ def build_image(job: ImageJob) -> ImageResult:
             f"no describable referent in {_SCENE_TRIES} scenes for a {job.split} image; the "
             f"expression types {[t for t, _ in job.type_weights]} and scene settings "
             f"{job.scene_config} rarely allow one -- widen them")
+    if job.phrasing == "varied":
+        refs = _reword(refs, np.random.default_rng(
+            [job.seed, _IMAGE_STREAM, job.index, _PHRASING_PART]))
     render_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _RENDER_PART])
     render_scene(scene, render_rng).save(job.image_path, format="PNG", compress_level=1)
     return ImageResult(job.index, scene, refs)
+
+
+def _reword(refs: tuple[RefPlan, ...], rng: np.random.Generator) -> tuple[RefPlan, ...]:
+    """The same refs and logical forms, each sentence worded by :func:`paraphrase` from its
+    own random stream, so scenes, referents and forms equal the standard phrasing's."""
+    reworded = []
+    for plan in refs:
+        sentences = []
+        for expression in plan.expressions:
+            text, graph = paraphrase(expression.form, rng)
+            sentences.append(replace(expression, text=text, graph=graph))
+        reworded.append(replace(plan, expressions=tuple(sentences)))
+    return tuple(reworded)
 
 
 def _run_jobs(jobs: Sequence[ImageJob], workers: int) -> Iterator[ImageResult]:
@@ -386,6 +404,7 @@ def generate_synthref(
     scale: str | None = None,
     scene_config: SceneConfig | None = None,
     workers: int | None = None,
+    phrasing: str = "standard",
 ) -> SynthStats:
     """Write SynthRef under ``out_dir`` in the REFER layout and return its statistics.
 
@@ -396,8 +415,12 @@ def generate_synthref(
     default ``DEFAULT_SCALE``); ``scene_config`` replaces a preset with custom settings.
     ``workers`` processes build the images (default: available CPUs, at most 8, or 1 below
     64 images); the output is byte-identical for any number of workers. Earlier
-    ``synthref_*.png`` images in ``out_dir/images`` are replaced.
+    ``synthref_*.png`` images in ``out_dir/images`` are replaced. ``phrasing="varied"`` writes
+    the same images, referents and logical forms with other wordings
+    (:mod:`~refground.data.synth.paraphrase`).
     """
+    if phrasing not in PHRASINGS:
+        raise ConfigError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
     type_weights = dict(DEFAULT_TYPE_WEIGHTS if type_weights is None else type_weights)
     _check_arguments(seed, fractions, held_out_fraction, type_weights)
@@ -417,7 +440,7 @@ def generate_synthref(
     jobs = [
         ImageJob(index, seed, split, held_out,
                  str(images_dir / IMAGE_PATTERN.format(image_id=index + 1)), scene_config,
-                 weights)
+                 weights, phrasing)
         for index, split in enumerate(splits)
     ]
     records = _Records([], [], [])
@@ -430,7 +453,9 @@ def generate_synthref(
         "generator": GENERATOR, "version": VERSION, "seed": seed,
         "args": {"num_images": num_images, "fractions": fractions,
                  "held_out_fraction": held_out_fraction, "type_weights": type_weights,
-                 "scene": scene_config.record()},
+                 "scene": scene_config.record(),
+                 # only when varied: standard output stays byte-identical to earlier versions
+                 **({"phrasing": phrasing} if phrasing != "standard" else {})},
         "held_out_combos": [list(c) for c in held_out],
         "colors": {name: list(rgb) for name, rgb in COLORS.items()},
         "sizes": {name: [low, high] for name, low, high in scene_config.sizes},
