@@ -501,3 +501,84 @@ def test_cli_scale_option_and_its_default(tmp_path: Path) -> None:
                                  "--scale", "huge"])
     assert isinstance(result.exception, ConfigError)
     assert "refcoco" in str(result.exception) and "small" in str(result.exception)
+
+
+# --- --phrasing varied ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def phrasings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("phrasing")
+    roots = {name: base / name for name in ("standard", "varied")}
+    for name, root in roots.items():
+        generate_synthref(root, seed=SEED, num_images=40, workers=1, phrasing=name)
+    return roots
+
+
+def _refs_of(root: Path) -> list[dict[str, Any]]:
+    with open(root / "synthref" / "refs(synth).p", "rb") as stream:
+        return pickle.load(stream)
+
+
+def _meaning(graph: dict[str, Any]) -> tuple[Any, ...]:
+    """What a graph says, whatever the synonyms: generic heads as one, size words by class."""
+    entities = tuple(
+        ("object" if e["head"] in GENERIC_HEADS else e["head"],
+         frozenset(SIZE_WORDS.get(a, a) for a in e["attributes"]), tuple(e["spatial"]))
+        for e in graph["entities"])
+    return entities, tuple((r["subject"], r["predicate"], r["object"])
+                           for r in graph["relations"])
+
+
+def test_varied_phrasing_keeps_images_referents_and_meanings(phrasings: dict[str, Path]
+                                                             ) -> None:
+    standard, varied = (phrasings[name] for name in ("standard", "varied"))
+    images = sorted((standard / "images").iterdir())
+    assert [p.read_bytes() for p in images] == [
+        (varied / "images" / p.name).read_bytes() for p in images]
+    ours = json.loads((varied / "synthref" / "instances.json").read_text())
+    theirs = json.loads((standard / "synthref" / "instances.json").read_text())
+    assert ours["annotations"] == theirs["annotations"]
+    assert ours["info"]["args"]["phrasing"] == "varied"
+    assert "phrasing" not in theirs["info"]["args"]  # standard bytes as before the option
+    changed = total = 0
+    for a, b in zip(_refs_of(standard), _refs_of(varied), strict=True):
+        assert (a["ref_id"], a["ann_id"], a["split"]) == (b["ref_id"], b["ann_id"], b["split"])
+        for s, v in zip(a["sentences"], b["sentences"], strict=True):
+            assert s["type"] == v["type"]
+            assert _meaning(s["graph"]) == _meaning(v["graph"]), (s["raw"], v["raw"])
+            changed += s["sent"] != v["sent"]
+            total += 1
+    assert changed >= 0.6 * total, "most sentences are worded otherwise"
+
+
+def test_varied_phrasing_uses_the_promised_constructions(phrasings: dict[str, Path]) -> None:
+    texts = " | ".join(s["sent"] for r in _refs_of(phrasings["varied"]) for s in r["sentences"])
+    for construction in ("that is", "of the", "colored", "located"):
+        assert construction in texts, construction
+
+
+@pytest.mark.parametrize("backend", ["rules", "spacy"])
+def test_the_parser_reads_the_varied_phrasing(phrasings: dict[str, Path], backend: str) -> None:
+    from refground.language import parse_many
+
+    sentences = [s for r in _refs_of(phrasings["varied"]) for s in r["sentences"]]
+    parsed = parse_many([s["raw"] for s in sentences], backend=backend)
+    same = sum(_meaning(graph.to_dict())[0] == _meaning(s["graph"])[0]
+               and _meaning(graph.to_dict())[1] == _meaning(s["graph"])[1]
+               for graph, s in zip(parsed, sentences, strict=True))
+    assert same >= 0.95 * len(sentences)
+
+
+def test_unknown_phrasing_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="phrasing must be one of standard, varied"):
+        generate_synthref(tmp_path / "out", num_images=10, phrasing="poetic")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_synth_takes_the_phrasing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "v"), "--images", "12",
+                                      "--phrasing", "varied"])
+    assert result.exit_code == 0, result.output
+    assert "varied phrasing" in result.output
+    info = json.loads((tmp_path / "v" / "synthref" / "instances.json").read_text())["info"]
+    assert info["args"]["phrasing"] == "varied"

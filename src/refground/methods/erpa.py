@@ -77,6 +77,7 @@ from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
 from refground.images import load_image
+from refground.language.queries import entity_phrase
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.trainable import (
     Batch,
@@ -221,7 +222,7 @@ def layout_graph(graph: SceneGraph, proposals: Sequence[Proposals], width: float
         pixels.append(props.boxes)
         scores.append(props.scores)
         entity_ids.append(torch.full((len(props),), index, dtype=torch.long))
-        texts.append(torch.full((len(props),), text_index[entity.span], dtype=torch.long))
+        texts.append(torch.full((len(props),), text_index[entity_phrase(entity)], dtype=torch.long))
         modifier = modifier_text(entity)
         modifiers.append(torch.full((len(props),), -1 if modifier is None else
                                     text_index[modifier], dtype=torch.long))
@@ -427,7 +428,7 @@ def crop_index(node_pixels: Sequence[Tensor], keys: Sequence[str]
 
 def graph_texts(graphs: Sequence[SceneGraph]) -> list[str]:
     """The distinct texts of a batch's graphs, sorted: spans, predicates, modifiers."""
-    return sorted({e.span for g in graphs for e in g.entities}
+    return sorted({entity_phrase(e) for g in graphs for e in g.entities}
                   | {r.predicate for g in graphs for r in g.relations}
                   | {m for g in graphs for e in g.entities
                      if (m := modifier_text(e)) is not None})

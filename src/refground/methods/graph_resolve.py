@@ -45,6 +45,8 @@ from torch import Tensor
 from refground import boxes as B
 from refground.errors import ConfigError
 from refground.language import spatial
+from refground.language.queries import entity_phrase
+from refground.language.text import cache_key, normalize
 from refground.methods.base import METHODS, DatasetInfo, Method
 from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
 from refground.types import Entity, GraphUse, Prediction, Sample, SceneGraph
@@ -123,11 +125,23 @@ def is_generic(entity: Entity) -> bool:
 
 
 def entity_text(entity: Entity, how: str) -> str:
-    """What the scorer is asked about: the phrase as written, or just "[attributes] head"."""
+    """What the scorer is asked about: the noun phrase (:func:`entity_phrase`) or just
+    "[attributes] head"."""
     noun = " ".join((*entity.attributes, entity.head)).strip()
     if how == "noun" and noun:
         return noun
-    return entity.span.strip() or noun
+    return entity_phrase(entity)
+
+
+def plain_text(graph: SceneGraph, expression: str) -> str:
+    """The scorer's text for an unstructured expression: the expression itself when it is
+    its one noun phrase (so graph-resolve equals its scorer there exactly), else that noun
+    phrase (:func:`entity_text`) without the words around it ("find the red circle",
+    "the circle that is red")."""
+    if len(graph.entities) != 1:
+        return expression
+    phrase = entity_text(graph.entities[0], "span")
+    return expression if cache_key(normalize(expression)) == cache_key(phrase) else phrase
 
 
 def size_adjectives(entity: Entity) -> list[tuple[int, str]]:
@@ -140,9 +154,10 @@ def is_unstructured(graph: SceneGraph, size_words: bool = True) -> bool:
     """One entity, no relation, no spatial modifier (nor, with ``size_words``, a size
     adjective): nothing for geometry to add.
 
-    Such an expression goes to the scorer whole, so graph-resolve equals its scorer on it
-    exactly. Scoring the entity's span instead, through membership probabilities, was only
-    ever a lossy copy of that (the span can drop words; ties break differently).
+    Such an expression goes to the scorer whole (:func:`plain_text`), so graph-resolve
+    equals its scorer on it exactly. Scoring the entity's span instead, through membership
+    probabilities, was only ever a lossy copy of that (the span can drop words; ties break
+    differently).
     """
     entity = graph.entities[0] if len(graph.entities) == 1 else None
     return (entity is not None and not graph.relations and not entity.spatial
@@ -528,7 +543,8 @@ class GraphResolve(Method):
         plans = []
         for item, graph in zip(items, graphs, strict=True):
             if not graph.entities or is_unstructured(graph, self.config.size_words):
-                plans.append(_Plan(graph, (), query(item, item.sample.expression)))
+                plans.append(_Plan(graph, (), query(item, plain_text(
+                    graph, item.sample.expression))))
                 continue
             plans.append(_Plan(graph, tuple(
                 None if is_generic(e) else query(item, entity_text(e, self.entity_text))
