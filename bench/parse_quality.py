@@ -276,6 +276,20 @@ def run_gold(path: Path, backends: Sequence[str], show_errors: int) -> None:
             print(f"mismatches of backend {expression_parser.backend} (up to {show_errors}):")
         scores = score_gold(parsed, examples, show_errors)
         print(table(expression_parser.backend, scores, seconds, GOLD_COLUMNS, "category"))
+        print(target_line(scores["all"]))
+
+
+#: Issue 14's targets on free-form text, per backend.
+TARGETS: tuple[tuple[str, str, float], ...] = (("head F1", "heads", 0.95),
+                                               ("relation F1", "relations", 0.85))
+
+
+def target_line(scores: Scores) -> str:
+    parts = []
+    for name, key, bound in TARGETS:
+        value = getattr(scores, key).f1
+        parts.append(f"{name} {value:.3f} >= {bound:.2f} {'met' if value >= bound else 'NOT met'}")
+    return "  targets: " + "; ".join(parts)
 
 
 def main() -> None:

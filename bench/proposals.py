@@ -27,6 +27,7 @@ from refground.evaluate.proposal_recall import proposer_recall
 from refground.vision.proposals import build_proposer
 
 COLUMNS = ("recall@0.5@10", "recall@0.5@50", "recall@0.75@10", "recall@0.75@50")
+TARGET_COLUMN, TARGET_RECALL = "recall@0.5@50", 98.0
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:
@@ -60,12 +61,19 @@ def main() -> None:
                         "expressions)")
     for column in ("proposer", *COLUMNS, "proposals/image", "images/s"):
         table.add_column(column, justify="left" if column == "proposer" else "right")
+    targets = []
     for name in args.proposals:
         result = proposer_recall(build_proposer(name, **dict(options)), samples)
         per_image = result["proposals_per_image"]
         table.add_row(name, *(f"{100 * result[c]:.1f}" for c in COLUMNS), f"{per_image:.1f}",
                       f"{result['images_per_s']:.1f}")
+        if name != "gt":
+            recall = 100 * result[TARGET_COLUMN]
+            targets.append(f"{name}: {TARGET_COLUMN} {recall:.1f} >= {TARGET_RECALL:.0f} "
+                           f"{'met' if recall >= TARGET_RECALL else 'NOT met'}")
     Console(width=140).print(table)
+    for line in targets:
+        print(f"target: {line}")
 
 
 if __name__ == "__main__":
