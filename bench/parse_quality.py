@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from refground.data.refer import load_refer_split
 from refground.language import get_parser
-from refground.language.lexicon import GENERIC_HEADS, IMPLICIT_HEAD
 from refground.types import Entity, SceneGraph
+from refground.vocabulary import GENERIC_HEADS, IMPLICIT_HEAD
 
 
 @dataclass

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from refground import vocabulary
 from refground.cli import app
 from refground.data.refer import load_refer_split
-from refground.data.synth import expressions as synth_words
 from refground.data.synth import generate_synthref
 from refground.errors import MissingDependencyError
 from refground.language import (
@@ -51,16 +51,6 @@ def heads(graph: SceneGraph) -> list[str]:
 def triples(graph: SceneGraph) -> list[tuple[str, str, str]]:
     return [(graph.entities[r.subject].head, r.predicate, graph.entities[r.object].head)
             for r in graph.relations]
-
-
-def test_vocabulary_is_synthrefs() -> None:
-    assert lexicon.SUPERLATIVES == synth_words.CANONICAL_SUPERLATIVE
-    assert {phrases[0] for phrases in synth_words.REGION_PHRASES.values()} == set(
-        lexicon.REGIONS.values())
-    assert lexicon.SPATIAL_PREDICATES == synth_words.PREDICATES
-    assert set(synth_words.GENERIC_HEADS) | {"one"} == set(lexicon.GENERIC_HEADS)
-    for rank, word in synth_words.CANONICAL_ORDINAL.items():
-        assert lexicon.ORDINALS[rank] == word
 
 
 # (expression, heads, spatial of entity 0)
@@ -346,7 +336,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def simple_heads(text: str) -> list[str]:
     """Gold heads without any parser: SynthRef's shape nouns and generic heads, in order."""
-    nouns = set(lexicon.SYNTH_SHAPES) | set(lexicon.GENERIC_HEADS)
+    nouns = set(lexicon.SYNTH_SHAPES) | set(vocabulary.GENERIC_HEADS)
     found = []
     for word in text.lower().split():
         for candidate in (word, word[:-1], word[:-2]):

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from refground.language.lexicon import ORDINALS, SPATIAL_VALUES
 from refground.types import Entity, Relation, SceneGraph
+from refground.vocabulary import ORDINALS, SPATIAL_VALUES
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLD = ROOT / "tests" / "data" / "freeform_gold.jsonl"

@@ -1,52 +1,37 @@
-"""The words the parser knows, and the canonical vocabulary its graphs are written in.
+"""The words the parser knows, and how each wording maps into the canonical vocabulary.
 
 Graphs are compared with SynthRef's gold graphs and consumed by structured methods, so every
-spatial phrase is rewritten into one canonical string whatever its wording ("furthest to the
-left", "left-most" and "on the far left" all become ``leftmost``). The canonical values below
-are exactly those of :mod:`refground.data.synth.expressions`; the tests check that the two stay
-equal. Phrase *patterns* use a tiny syntax expanded by :mod:`refground.language.phrases`:
+spatial phrase is rewritten into one canonical string of :mod:`refground.vocabulary` whatever
+its wording ("furthest to the left", "left-most" and "on the far left" all become
+``leftmost``). Phrase *patterns* use a tiny syntax expanded by :mod:`refground.language.phrases`:
 tokens separated by spaces, ``a|b`` for alternatives and ``(x)`` / ``(a|b)`` for optional tokens.
 """
 
 from __future__ import annotations
+
+from refground.vocabulary import (
+    CLOSEST,
+    DEPTH,
+    DIRECTIONS,
+    FARTHEST,
+    GENERIC_HEADS,
+    LARGEST,
+    MIDDLE,
+    ORDINALS,
+    REGIONS,
+    SHORTEST,
+    SMALLEST,
+    SPATIAL_PREDICATES,
+    SUPERLATIVES,
+    TALLEST,
+)
 
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-# --- canonical vocabulary (what graphs contain) --------------------------------------------------
-
-DIRECTIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
-SUPERLATIVES: dict[str, str] = {
-    "left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost",
-}
-REGIONS: dict[str, str] = {
-    "left": "on the left", "right": "on the right", "top": "at the top",
-    "bottom": "at the bottom", "top left": "in the top left", "top right": "in the top right",
-    "bottom left": "in the bottom left", "bottom right": "in the bottom right",
-}
-MIDDLE = "middle"
-CLOSEST = "closest"  # unary: closest to the viewer
-LARGEST, SMALLEST = "largest", "smallest"
-TALLEST, SHORTEST = "tallest", "shortest"  # box height, beyond SynthRef
-FARTHEST = "farthest"  # unary: farthest from the viewer, beyond SynthRef
-COMPARATIVES: dict[str, str] = {"bigger": "bigger", "smaller": "smaller"}
-DEPTH: dict[str, str] = {"front": "in front", "back": "in the back"}  # beyond SynthRef
-ORDINALS: dict[int, str] = {
-    1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh",
-    8: "eighth", 9: "ninth", 10: "tenth",
-}
-# "the second dog" names no origin; reading order (left to right) is the default reading.
-DEFAULT_ORDINAL_DIRECTION = "left"
-
-SPATIAL_VALUES: frozenset[str] = frozenset(
-    (*SUPERLATIVES.values(), *REGIONS.values(), MIDDLE, CLOSEST, LARGEST, SMALLEST,
-     *COMPARATIVES.values(), *DEPTH.values(), TALLEST, SHORTEST, FARTHEST))
-
-# Relation predicates. The six spatial ones are SynthRef's; the rest are kept as written.
-SPATIAL_PREDICATES: tuple[str, ...] = (
-    "left of", "right of", "above", "below", "closest to", "next to")
+# Relation predicates beyond SynthRef's six (SPATIAL_PREDICATES), kept as written.
 KEPT_PREDICATES: tuple[str, ...] = (
     "between", "in", "on", "behind", "in front of", "far from", "bigger than", "smaller than",
     "holding", "with", "wearing", "of", "at", "carrying", "riding", "has")
@@ -74,8 +59,6 @@ POSTURE_VERBS: frozenset[str] = _words(
     "lounging napping waiting staying seen shown sat")
 LOCATIVE_PREDICATES: frozenset[str] = frozenset(("in", "on", "at"))
 
-IMPLICIT_HEAD = "object"  # head of a noun phrase that names no noun ("the leftmost", "left")
-GENERIC_HEADS: tuple[str, ...] = ("object", "shape", "thing", "one")
 
 # --- phrase patterns: (pattern, kind, value) ----------------------------------------------------
 # kinds: "spatial" (a canonical spatial value, before or after its noun), "post" (the same,
@@ -360,9 +343,3 @@ SINGULAR_S: frozenset[str] = _words(
     "series news cactus octopus bus ss christmas chess class boss kiss bonus virus tennis "
     "this his its is was us yes has does goes")
 
-
-def ordinal_spatial(rank: int, direction: str) -> str:
-    """The canonical value of "<rank> from the <direction>": the first is the superlative."""
-    if rank == 1:
-        return SUPERLATIVES[direction]
-    return f"{ORDINALS[rank]} from the {direction}"

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from refground import boxes as B
+from refground import vocabulary
 
 EPS = 1e-9
 
@@ -54,7 +55,7 @@ VERB_ENDINGS = ("ing", "ed")
 DIRECTION_ORDER = ("left", "right", "top", "bottom")
 _AXIS_SIGN = {"left": (0, 1.0), "right": (0, -1.0), "top": (1, 1.0), "bottom": (1, -1.0)}
 SUPERLATIVES: dict[str, str] = {
-    "leftmost": "left", "rightmost": "right", "topmost": "top", "bottommost": "bottom",
+    **{word: direction for direction, word in vocabulary.SUPERLATIVES.items()},
     "highest": "top", "lowest": "bottom", "uppermost": "top", "lowermost": "bottom",
 }
 #: Size superlatives and the two-member comparatives; ``closest`` / ``farthest`` (to the
@@ -80,10 +81,7 @@ SIZE_ADJECTIVES: dict[str, str] = {
     "medium": "medium", "mid-sized": "medium", "medium-sized": "medium",
 }
 REGIONS: dict[str, tuple[str, ...]] = {
-    "on the left": ("left",), "on the right": ("right",), "at the top": ("top",),
-    "at the bottom": ("bottom",),
-    **{f"in the {v} {h}": (v, h) for v in ("top", "bottom") for h in ("left", "right")},
-}
+    phrase: tuple(region.split()) for region, phrase in vocabulary.REGIONS.items()}
 ORDINAL_WORDS: dict[str, int] = {
     "first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, "fourth": 4, "4th": 4,
     "fifth": 5, "5th": 5,

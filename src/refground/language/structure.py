@@ -11,7 +11,7 @@ Conventions (those of SynthRef's gold graphs):
 * entity 0 is the first noun phrase (the referent); an expression that starts with a relation
   ("left of the dog") gets an implicit referent with head ``object`` and an empty span;
 * a noun phrase that names no noun ("the leftmost", "left", "the second from the right") has
-  head ``object`` (:data:`~refground.language.lexicon.IMPLICIT_HEAD`);
+  head ``object`` (:data:`~refground.vocabulary.IMPLICIT_HEAD`);
 * a postmodifier ("on the left", "from the top") belongs to the nearest noun phrase before it,
   except that a possession or clothing object hands it on to its owner ("the lady wearing a
   hat on the left" is on the left); before a noun it is that noun's ("the sandwich on the left
@@ -35,23 +35,25 @@ from refground.language.lexicon import (
     ADJECTIVES,
     BODY_PARTS,
     CLIMBING_PREDICATES,
-    CLOSEST,
     COLOURS,
     COMPOUND_NOUNS,
-    DEFAULT_ORDINAL_DIRECTION,
     DOMINANT_PREDICATES,
     FRAME_NOUNS,
     FRAME_REGIONS,
     HANDLING_PREDICATES,
-    IMPLICIT_HEAD,
     LOCATIVE_PREDICATES,
     NOUN_ADJECTIVES,
-    ORDINALS,
     POSTURE_VERBS,
-    ordinal_spatial,
 )
 from refground.language.phrases import PhraseMatch, match_phrases, phrase_table
 from refground.types import Entity, Relation, SceneGraph
+from refground.vocabulary import (
+    CLOSEST,
+    DEFAULT_ORDINAL_DIRECTION,
+    IMPLICIT_HEAD,
+    ORDINALS,
+    ordinal_spatial,
+)
 
 # Word classes a backend assigns. "part" is a participle whose role depends on position
 # ("the standing man" vs "the man standing"); "that" is a determiner or a connector.

@@ -51,6 +51,7 @@ from refground.methods.base import METHODS, DatasetInfo, Method
 from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
 from refground.types import Entity, GraphUse, Prediction, Sample, SceneGraph
 from refground.vision.proposals import Proposals, graph_queries
+from refground.vocabulary import GENERIC_HEAD_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,6 @@ ENTITY_TEXTS = ("span", "noun")
 #: Options that belong to the scorer but are accepted top-level for convenience.
 FORWARDED = ("clip", "proposals", "proposal_options", "device", "dtype", "clip_batch_size",
              "text_cache_dir", "encoders")
-#: Heads that name no kind of thing: with no attributes either, every proposal is a member.
-GENERIC_HEADS = frozenset({"object", "objects", "thing", "things", "shape", "shapes", "one",
-                           "ones", "item", "items"})
 #: Floor inside every log, so a violated constraint costs about -9 instead of -inf.
 LOG_FLOOR = 1e-4
 
@@ -121,7 +119,7 @@ def score_scale(scorer: ProposalScoringMethod) -> float:
 
 
 def is_generic(entity: Entity) -> bool:
-    return not entity.attributes and entity.head.lower() in GENERIC_HEADS
+    return not entity.attributes and entity.head.lower() in GENERIC_HEAD_WORDS
 
 
 def entity_text(entity: Entity, how: str) -> str:

@@ -31,6 +31,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from refground import vocabulary
 from refground.data.synth.scenes import Scene
 from refground.types import Entity, Relation, SceneGraph
 
@@ -41,10 +42,9 @@ EXPRESSION_TYPES: tuple[str, ...] = ("attribute", "position", "relation", "compa
 DEFAULT_TYPE_WEIGHTS: dict[str, float] = {
     "attribute": 0.25, "position": 0.2, "relation": 0.25, "comparative": 0.1, "ordinal": 0.2,
 }
-PREDICATES: tuple[str, ...] = ("left of", "right of", "above", "below", "closest to", "next to")
-DIRECTIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
-REGIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "top left", "top right",
-                            "bottom left", "bottom right")
+PREDICATES: tuple[str, ...] = vocabulary.SPATIAL_PREDICATES
+DIRECTIONS: tuple[str, ...] = vocabulary.DIRECTIONS
+REGIONS: tuple[str, ...] = tuple(vocabulary.REGIONS)
 
 
 # --- logical forms ------------------------------------------------------------------------------
@@ -538,7 +538,7 @@ def _specificity(form: LogicalForm) -> int:
 # --- wording ------------------------------------------------------------------------------------
 
 SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium",), "large": ("large", "big")}
-GENERIC_HEADS = ("object", "shape", "thing")
+GENERIC_HEADS = vocabulary.GENERIC_NOUNS
 SUPERLATIVES = {
     "left": ("leftmost",), "right": ("rightmost",), "top": ("topmost", "highest", "top"),
     "bottom": ("lowest", "bottommost", "bottom"),
@@ -549,18 +549,20 @@ SUPERLATIVE_POSTMODIFIERS = {
     "top": ("at the very top", "highest up"),
     "bottom": ("at the very bottom", "furthest down"),
 }
-CANONICAL_SUPERLATIVE = {"left": "leftmost", "right": "rightmost", "top": "topmost",
-                         "bottom": "bottommost"}
-REGION_PHRASES = {
-    "left": ("on the left", "on the left side", "at the left"),
-    "right": ("on the right", "on the right side", "at the right"),
-    "top": ("at the top", "near the top"),
-    "bottom": ("at the bottom", "near the bottom"),
-    **{corner: (f"in the {corner}", f"in the {corner} corner", f"at the {corner}")
+CANONICAL_SUPERLATIVE = vocabulary.SUPERLATIVES
+_REGION_SYNONYMS = {
+    "left": ("on the left side", "at the left"),
+    "right": ("on the right side", "at the right"),
+    "top": ("near the top",),
+    "bottom": ("near the bottom",),
+    **{corner: (f"in the {corner} corner", f"at the {corner}")
        for corner in ("top left", "top right", "bottom left", "bottom right")},
 }
+#: Region -> its wordings, the canonical one (the gold graph's) first.
+REGION_PHRASES = {region: (vocabulary.REGIONS[region], *others)
+                  for region, others in _REGION_SYNONYMS.items()}
 ORDINAL_WORDS = {2: ("second", "2nd"), 3: ("third", "3rd")}
-CANONICAL_ORDINAL = {2: "second", 3: "third"}
+CANONICAL_ORDINAL = {rank: vocabulary.ORDINALS[rank] for rank in (2, 3)}
 COMPARATIVE_WORDS = {True: ("bigger", "larger"), False: ("smaller",)}
 PREDICATE_PHRASES = {
     "left of": ("left of", "to the left of", "on the left side of"),
