@@ -27,14 +27,6 @@ from refground.data.safe_pickle import load_plain_pickle
 from refground.errors import BoxError, DatasetError
 from refground.types import Annotation, BoxTuple, Sample, SceneGraph
 
-# The splits each published partition defines (for documentation and early, clear errors).
-KNOWN_SPLITS: dict[str, tuple[str, ...]] = {
-    "umd": ("train", "val", "test"),
-    "unc": ("train", "val", "testA", "testB"),
-    "google": ("train", "val"),
-    "synth": ("train", "val", "test", "testC", "testR"),
-}
-
 
 @dataclass(frozen=True)
 class ReferSplit:

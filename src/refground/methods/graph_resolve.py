@@ -372,15 +372,12 @@ def _check_positive(name: str, value: object, allow_zero: bool = False) -> float
 
 
 def _check_backend(backend: object) -> str:
-    """The parser backend name, checked against the parser's list when the parser exists."""
-    known: tuple[str, ...] | None
-    try:
-        from refground.language import BACKENDS as known
-    except ImportError:
-        known = None  # no parser package: predict() reports it if parsed graphs are needed
-    if not isinstance(backend, str) or (known is not None and backend not in known):
-        names = f"; one of {', '.join(known)}" if known is not None else ""
-        raise ConfigError(f"parser_backend must name a parser backend{names}; got {backend!r}")
+    """The parser backend name, checked against the parser's list."""
+    from refground.language import BACKENDS
+
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ConfigError(f"parser_backend must name a parser backend; one of "
+                          f"{', '.join(BACKENDS)}; got {backend!r}")
     return backend
 
 

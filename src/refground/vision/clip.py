@@ -414,8 +414,8 @@ class ClipEncoder:
     Feature methods return float32 tensors on ``device`` that are L2-normalised, so cosine
     similarity is a matrix product; :attr:`logit_scale` turns it into CLIP's logits.
 
-    The text caches assume the weights are frozen: after changing them (fine-tuning), call
-    :meth:`clear_text_cache` and build a new encoder for a new on-disk cache identity.
+    The text caches assume the weights are frozen: after changing them (fine-tuning), build a
+    new encoder (with a new on-disk cache identity).
     ``model`` is moved to ``device``/``dtype`` in place and put in eval mode; ``device=None``
     (the constructor's default) leaves it where it is, ``"auto"`` puts it on the GPU when there
     is one (see :func:`refground.devices.resolve_device`).
@@ -688,10 +688,6 @@ class ClipEncoder:
     def cache_info(self) -> TextCacheInfo:
         return TextCacheInfo(self._memory_hits, self._disk_hits, self._encoded,
                              len(self._text_cache))
-
-    def clear_text_cache(self) -> None:
-        """Forget in-memory text features (the on-disk cache is kept)."""
-        self._text_cache.clear()
 
     def flush(self) -> None:
         """Write pending text features to the on-disk cache now (also done at exit and GC)."""

@@ -18,9 +18,9 @@ from typing import Any
 
 from refground.errors import InputError
 from refground.evaluate.runner import METRICS_FILE
+from refground.evaluate.table import HEADLINE
 from refground.viz.plotting import new_figure, save_png
 
-HEADLINE = ("acc@0.5", "acc@0.75", "acc@0.9", "miou")
 LABELS = {"acc@0.5": "Acc@0.5", "acc@0.75": "Acc@0.75", "acc@0.9": "Acc@0.9", "miou": "mIoU"}
 #: Breakdowns reported per group: (metrics key, what the groups are).
 BREAKDOWNS = (("by_type", "expression type"), ("by_distractors", "same-category distractors"))
@@ -144,7 +144,7 @@ def groups_of(runs: Sequence[Run], key: str) -> list[str]:
     return list(seen)
 
 
-def breakdown_table(runs: Sequence[Run], key: str, metric: str, what: str) -> list[str]:
+def breakdown_rows(runs: Sequence[Run], key: str, metric: str, what: str) -> list[str]:
     """Rows: groups; columns: runs; cells: ``metric`` in percent (n in the group column)."""
     lines = [_row([what, *(run.name for run in runs)]),
              _row(["---", *("---:" for _ in runs)])]
@@ -172,7 +172,7 @@ def markdown_report(runs: Sequence[Run], charts: Mapping[str, str] | None = None
             continue
         for metric in BREAKDOWN_METRICS:
             lines += [f"## {LABELS[metric]} by {what}", "",
-                      *breakdown_table(runs, key, metric, what), ""]
+                      *breakdown_rows(runs, key, metric, what), ""]
         if key in charts:
             lines += [f"![{key}]({charts[key]})", ""]
     return "\n".join(lines)
