@@ -72,12 +72,14 @@ def synth(
 @app.command("methods")
 def list_methods() -> None:
     """List the registered grounding methods, each with what it does."""
-    from refground.methods import METHODS
+    from refground.methods import METHODS, trainable_methods
 
     width = max(len(name) for name in METHODS.names())
+    trainable = set(trainable_methods())
     for name in METHODS.names():
         summary = getattr(METHODS.get(name), "summary", "")
-        typer.echo(f"{name:<{width}}  {summary}".rstrip())
+        mark = " [trainable: refground train]" if name in trainable else ""
+        typer.echo(f"{name:<{width}}  {summary}{mark}".rstrip())
 
 
 @app.command("parse")
@@ -225,7 +227,8 @@ def train(
         "--set", help="Override a config value: section.key=value (repeatable).")] = [],  # noqa: B006
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train a trainable method (regressor, detr); multi-process with `accelerate launch`."""
+    """Train a trainable method (`refground methods` marks them); multi-process with
+    `accelerate launch`."""
     from refground.evaluate.table import comparison_table
     from refground.train.trainer import Trainer
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -11,16 +13,25 @@ from refground.errors import UnknownNameError
 T = TypeVar("T")
 
 
+def package_modules(package: str) -> list[str]:
+    """The importable modules of ``package`` (not its private ``_name`` ones), sorted."""
+    path = importlib.import_module(package).__path__
+    return sorted(f"{package}.{info.name}" for info in pkgutil.iter_modules(path)
+                  if not info.name.startswith("_"))
+
+
 class Registry(Generic[T]):
     """A mapping from names to factories, filled by the ``@registry.register("name")`` decorator.
 
-    Factories register when their module is imported; ``modules`` lists the modules to import
-    lazily on first lookup, so heavy optional dependencies load only when their entry is used.
+    Factories register when their module is imported. On first lookup every module of
+    ``packages`` is imported (those whose name starts with ``_`` excepted), so adding a method
+    or a proposer is writing its file: no list to keep. Modules keep heavy optional imports
+    inside their factories, so importing them all stays cheap.
     """
 
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, packages: tuple[str, ...] = ()) -> None:
         self.kind = kind
-        self._modules = modules
+        self._packages = packages
         self._factories: dict[str, Callable[..., T]] = {}
         self._imported = False
 
@@ -35,11 +46,10 @@ class Registry(Generic[T]):
 
     def _import_modules(self) -> None:
         if not self._imported:
-            import importlib
-
-            for module in self._modules:
-                importlib.import_module(module)
             self._imported = True
+            for package in self._packages:
+                for module in package_modules(package):
+                    importlib.import_module(module)
 
     def names(self) -> list[str]:
         self._import_modules()

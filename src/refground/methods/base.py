@@ -62,18 +62,14 @@ class Method(ABC):
         """Predict one box per sample, in the same order."""
 
 
-METHODS: Registry[Method] = Registry(
-    "method",
-    modules=(
-        "refground.methods.heuristics",
-        "refground.methods.crop_rank",
-        "refground.methods.visual_prompt",
-        "refground.methods.regressor",
-        "refground.methods.detr",
-        "refground.methods.graph_resolve",
-        "refground.methods.erpa",
-    ),
-)
+#: Every module of :mod:`refground.methods` is imported on first lookup; a method registers
+#: itself with ``@METHODS.register("name")``.
+METHODS: Registry[Method] = Registry("method", packages=("refground.methods",))
+
+
+def trainable_methods() -> list[str]:
+    """The registered methods `refground train` can train (their factories say so)."""
+    return [name for name in METHODS.names() if getattr(METHODS.get(name), "trainable", False)]
 
 
 def build_method(name: str, **options: object) -> Method:

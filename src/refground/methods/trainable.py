@@ -341,4 +341,5 @@ def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
 
     factory.__doc__ = f"Build a {cls.name} method (``checkpoint=`` loads a trained one)."
     factory.summary = cls.summary  # type: ignore[attr-defined]  # what `refground methods` shows
+    factory.trainable = True  # type: ignore[attr-defined]  # what trainable_methods() finds
     return factory

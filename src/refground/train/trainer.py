@@ -34,7 +34,7 @@ from refground.errors import ConfigError, RefgroundError
 from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
 from refground.evaluate.runner import batched
-from refground.methods import DatasetInfo, build_method
+from refground.methods import DatasetInfo, build_method, trainable_methods
 from refground.methods.trainable import TrainableMethod, cache_features, move_batch
 from refground.train.checkpoint import (
     CheckpointError,
@@ -282,7 +282,7 @@ def build_training_method(config: TrainConfig, device: torch.device) -> Trainabl
     method = build_method(config.method, **options)
     if not isinstance(method, TrainableMethod):
         raise ConfigError(f"method {config.method!r} is not trainable (trainable: "
-                          "regressor, detr, erpa)")
+                          f"{', '.join(trainable_methods())})")
     return method
 
 

@@ -187,16 +187,9 @@ class Proposer(Protocol):
         ...
 
 
-PROPOSERS: Registry[Proposer] = Registry(
-    "proposer",
-    modules=(
-        "refground.vision.proposers.owlvit",
-        "refground.vision.proposers.grounding_dino",
-        "refground.vision.proposers.detr",
-        "refground.vision.proposers.yolo",
-        "refground.vision.proposers.centernet",
-    ),
-)
+#: Every module of :mod:`refground.vision.proposers` is imported on first lookup; a proposer
+#: registers itself with ``@PROPOSERS.register("name")``.
+PROPOSERS: Registry[Proposer] = Registry("proposer", packages=("refground.vision.proposers",))
 
 
 def build_proposer(name: str, **options: Any) -> Proposer:
