@@ -64,7 +64,7 @@ _MODIFIERS = frozenset(("det", "num", "adj", "intens", "that", "part"))
 _NP_STARTS = frozenset(("det", "num", "adj", "noun", "that", "part"))
 _ORDINAL_MARK = "\0ordinal"
 _NOT_A_PHRASE = "\0noun"  # what phrase matching sees of a word made a noun by its context
-# Relations a held thing or a thing on a body part takes over from its owner.
+# Relations that stay with a held thing instead of climbing to its holder ("holding X over Y").
 _PLACING_PREDICATES = frozenset(("above", "below", "on", "in"))
 
 
