@@ -81,12 +81,54 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def synthref_split(factory: pytest.TempPathFactory, split: str = "test", seed: int = 3,
-                   images: int = 10) -> list[Sample]:
-    """The samples of one split of a small SynthRef generated in a fresh temp directory."""
-    from refground.data.refer import load_refer_split
+def synthref_root(factory: pytest.TempPathFactory, seed: int = 3, images: int = 10) -> Path:
+    """A small SynthRef, generated once per (seed, images) in a test session and shared:
+    callers read it and never write into it (a test that writes makes its own)."""
     from refground.data.synth import generate_synthref
 
-    root = factory.mktemp("synth")
-    generate_synthref(root, seed=seed, num_images=images)
+    root = factory.getbasetemp() / "shared-synthref" / f"seed{seed}-images{images}"
+    if not (root / "synthref" / "instances.json").is_file():
+        generate_synthref(root, seed=seed, num_images=images)
+    return root
+
+
+def synthref_split(factory: pytest.TempPathFactory, split: str = "test", seed: int = 3,
+                   images: int = 10) -> list[Sample]:
+    """The samples of one split of a shared small SynthRef (see :func:`synthref_root`)."""
+    from refground.data.refer import load_refer_split
+
+    root = synthref_root(factory, seed, images)
     return list(load_refer_split(root, "synthref", "synth", split).samples)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny real CLIP (``save_tiny_clip``'s defaults) for the whole session, loaded through
+    ``from_pretrained`` like any checkpoint; tests never write into it."""
+    from refground.vision.tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("operator-models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_600(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CLIP with a 600-token vocabulary (detr's text tower needs a few more words)."""
+    from refground.vision.tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip-600"), vocab_size=600)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run ``refground ARGV`` in this process through the console script's own entry point
+    (``refground.cli.main``: its one-line errors and exit codes); returns (exit code, stderr).
+
+    A child process would repeat a 5 s start-up per call; ``test_cli`` keeps one real one."""
+    from refground.cli import main
+
+    capsys.readouterr()  # drop what came before
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err

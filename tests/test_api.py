@@ -17,7 +17,6 @@ from refground import Grounder
 from refground.api import MAX_TEXT_CHARS, as_pil
 from refground.errors import BoxError, ImageError, InputError
 from refground.types import Sample
-from refground.vision.tiny_clip import save_tiny_clip
 from tests.conftest import synthref_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,11 +33,6 @@ def grounder() -> Iterator[Grounder]:
     loaded = Grounder.load("crop-rank")
     yield loaded
     loaded.close()
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def boxes_of(sample: Sample) -> list[tuple[float, float, float, float]]:
@@ -192,12 +186,12 @@ def test_without_boxes_the_default_detector_proposes_them(grounder: Grounder,
 
 # --- trained methods ------------------------------------------------------------------------
 
-def test_a_regressor_needs_no_boxes(clip_dir: Path, samples: list[Sample]) -> None:
+def test_a_regressor_needs_no_boxes(tiny_clip: Path, samples: list[Sample]) -> None:
     torch.manual_seed(0)
     tiny = {"cnn_image_size": 32, "grid": 4, "hrnet_widths": [4, 8], "hrnet_blocks": 1,
             "clip_channels": 8, "cnn_channels": 8, "fused_dim": 16, "hidden": 16,
             "dropout": 0.0}
-    grounder = Grounder.load("regressor", clip=str(clip_dir), **tiny)
+    grounder = Grounder.load("regressor", clip=str(tiny_clip), **tiny)
     try:
         sample = samples[0]
         prediction = grounder.ground(sample.image_path, sample.expression)
@@ -209,10 +203,10 @@ def test_a_regressor_needs_no_boxes(clip_dir: Path, samples: list[Sample]) -> No
         grounder.close()
 
 
-def test_erpa_with_gt_proposals_takes_boxes_or_the_detectors(clip_dir: Path,
+def test_erpa_with_gt_proposals_takes_boxes_or_the_detectors(tiny_clip: Path,
                                                              samples: list[Sample]) -> None:
     torch.manual_seed(0)
-    options = {"clip": str(clip_dir), "hidden": 16, "heads": 2, "decoder_layers": 1,
+    options = {"clip": str(tiny_clip), "hidden": 16, "heads": 2, "decoder_layers": 1,
                "encoder_layers": 1, "dropout": 0.0, "parser_backend": "rules"}
     strict = Grounder.load("erpa", detector=None, **options)
     try:

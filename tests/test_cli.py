@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from refground.cli import app
 from refground.errors import ConfigError
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,8 @@ def test_resume_refuses_another_runs_records(synth_root: Path, tmp_path: Path) -
     assert "no run.json" in str(result.exception)
 
 
-def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path) -> None:
+def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     hostile = tmp_path / "hostile"
     (hostile / "synthref").mkdir(parents=True)
     (hostile / "images").mkdir()
@@ -100,6 +102,7 @@ def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path) -> Non
         '{"images": [], "annotations": [], "categories": []}')
     (hostile / "synthref" / "refs(synth).p").write_bytes(
         pickle.dumps(subprocess.Popen, protocol=2))  # a global: must be refused
+    # once as users run it, in a process of its own: the exit status and stderr it ends with
     command = [sys.executable, "-m", "refground", "eval", "--data", str(hostile),
                "--method", "oracle"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -107,21 +110,19 @@ def test_errors_are_one_line_and_exit_2(synth_root: Path, tmp_path: Path) -> Non
     assert "refused to load" in result.stderr and "Popen" in result.stderr
     assert "Traceback" not in result.stderr
 
-    unknown = subprocess.run([sys.executable, "-m", "refground", "eval", "--data",
-                              str(synth_root), "--method", "centre"],
-                             capture_output=True, text=True, check=False)
-    assert unknown.returncode == 2 and "Did you mean 'center'" in unknown.stderr
+    code, stderr = run_cli(["eval", "--data", str(synth_root), "--method", "centre"], capsys)
+    assert code == 2 and "Did you mean 'center'" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("method", ["regressor", "detr", "erpa"])
-def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: Path) -> None:
+def test_train_then_eval_from_the_cli(method: str, synth_root: Path, tmp_path: Path,
+                                      tiny_clip: Path) -> None:
     """configs/<method>.yaml, shrunk by --set overrides, trains from the CLI; the checkpoint
     evaluates through `refground eval -o checkpoint=` to the numbers the Trainer reported."""
     import yaml
 
-    from refground.vision.tiny_clip import save_tiny_clip
-
-    clip = save_tiny_clip(tmp_path / "clip")
+    clip = tiny_clip
     shrink = {
         "regressor": {"cnn_image_size": 32, "grid": 4, "hrnet_widths": [4, 8], "clip_channels": 8,
                       "cnn_channels": 8, "fused_dim": 16, "hidden": 16, "clip": str(clip)},
@@ -222,16 +223,14 @@ def assert_printed_table_matches_predictions(output: str, out: Path) -> None:
         assert rows[display] == expected, (display, rows[display], expected)
 
 
-def test_export_refuses_bad_arguments_with_one_line(tmp_path: Path) -> None:
+def test_export_refuses_bad_arguments_with_one_line(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A malformed --eval and a directory that is no training run are named, not traced."""
-    base = [sys.executable, "-m", "refground", "export", "--out", str(tmp_path / "out"),
-            "--data", "d", "--command", "c"]
-    bad_eval = subprocess.run([*base, "--run", str(tmp_path), "--eval", "test"],
-                              capture_output=True, text=True, check=False)
-    assert bad_eval.returncode == 2 and "--eval takes SPLIT=DIR, got 'test'" in bad_eval.stderr
-    no_run = subprocess.run([*base, "--run", str(tmp_path / "nothing")],
-                            capture_output=True, text=True, check=False)
-    assert no_run.returncode == 2 and "cannot read method file" in no_run.stderr
-    for result in (bad_eval, no_run):
-        assert "Traceback" not in result.stderr
+    base = ["export", "--out", str(tmp_path / "out"), "--data", "d", "--command", "c"]
+    code, bad_eval = run_cli([*base, "--run", str(tmp_path), "--eval", "test"], capsys)
+    assert code == 2 and "--eval takes SPLIT=DIR, got 'test'" in bad_eval
+    code, no_run = run_cli([*base, "--run", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "cannot read method file" in no_run
+    for stderr in (bad_eval, no_run):
+        assert "Traceback" not in stderr
     assert not (tmp_path / "out").exists()  # nothing half-written

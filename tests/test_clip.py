@@ -50,13 +50,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_dir: Path) -> ClipEncoder:
-    return ClipEncoder.from_pretrained(tiny_dir)
+def encoder(tiny_clip: Path) -> ClipEncoder:
+    return ClipEncoder.from_pretrained(tiny_clip)
 
 
 @pytest.fixture
@@ -65,9 +60,9 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def _copy(tiny_dir: Path, tmp_path: Path) -> Path:
+def _copy(tiny_clip: Path, tmp_path: Path) -> Path:
     target = tmp_path / "model"
-    shutil.copytree(tiny_dir, target)
+    shutil.copytree(tiny_clip, target)
     return target
 
 
@@ -93,7 +88,7 @@ class _ForwardCounter:
 
 # --- building and loading ---------------------------------------------------------------------
 
-def test_saved_tiny_clip_loads_back_with_the_same_weights(tiny_dir: Path,
+def test_saved_tiny_clip_loads_back_with_the_same_weights(tiny_clip: Path,
                                                           encoder: ClipEncoder) -> None:
     model, tokenizer, _ = build_tiny_clip()  # same defaults and seed as save_tiny_clip
     loaded = encoder.model.state_dict()
@@ -124,13 +119,13 @@ def test_tokenizer_training_is_deterministic_and_covers_every_byte(tmp_path: Pat
 
 # --- features ---------------------------------------------------------------------------------
 
-def test_text_features_are_normalised_and_deterministic(tiny_dir: Path,
+def test_text_features_are_normalised_and_deterministic(tiny_clip: Path,
                                                         encoder: ClipEncoder) -> None:
     features = encoder.encode_texts(TEXTS)
     assert features.shape == (len(TEXTS), encoder.embed_dim) == (5, 16)
     assert features.dtype == torch.float32
     torch.testing.assert_close(features.norm(dim=-1), torch.ones(len(TEXTS)))
-    again = ClipEncoder.from_pretrained(tiny_dir).encode_texts(TEXTS)
+    again = ClipEncoder.from_pretrained(tiny_clip).encode_texts(TEXTS)
     assert torch.equal(features, again)
     assert not torch.allclose(features[0], features[1])
 
@@ -147,9 +142,9 @@ def test_image_features_accept_pil_and_tensors_of_any_size(encoder: ClipEncoder)
     assert encoder.encode_images([]).shape == (0, 16)
 
 
-def test_features_do_not_depend_on_batch_size(tiny_dir: Path) -> None:
-    one = ClipEncoder.from_pretrained(tiny_dir, batch_size=1)
-    many = ClipEncoder.from_pretrained(tiny_dir, batch_size=64)
+def test_features_do_not_depend_on_batch_size(tiny_clip: Path) -> None:
+    one = ClipEncoder.from_pretrained(tiny_clip, batch_size=1)
+    many = ClipEncoder.from_pretrained(tiny_clip, batch_size=64)
     images = _images(7)
     torch.testing.assert_close(one.encode_images(images), many.encode_images(images),
                                atol=1e-5, rtol=0)
@@ -211,8 +206,8 @@ def test_tokenizer_that_misses_the_pooling_token_is_refused() -> None:
 
 # --- text caches ------------------------------------------------------------------------------
 
-def test_memory_cache_runs_the_text_tower_once_per_text(tiny_dir: Path) -> None:
-    encoder = ClipEncoder.from_pretrained(tiny_dir)
+def test_memory_cache_runs_the_text_tower_once_per_text(tiny_clip: Path) -> None:
+    encoder = ClipEncoder.from_pretrained(tiny_clip)
     counter = _ForwardCounter(encoder.model.text_model)
     first = encoder.encode_texts(["a dog", "a cat", "a dog"])
     assert counter.calls == 1
@@ -225,15 +220,15 @@ def test_memory_cache_runs_the_text_tower_once_per_text(tiny_dir: Path) -> None:
     assert (info.encoded, info.size, info.memory_hits) == (3, 3, 3)
 
 
-def test_disk_cache_round_trip_in_a_new_encoder(tiny_dir: Path, tmp_path: Path) -> None:
+def test_disk_cache_round_trip_in_a_new_encoder(tiny_clip: Path, tmp_path: Path) -> None:
     cache = tmp_path / "features"
-    writer = ClipEncoder.from_pretrained(tiny_dir, cache_dir=cache)
+    writer = ClipEncoder.from_pretrained(tiny_clip, cache_dir=cache)
     expected = writer.encode_texts(TEXTS)
     writer.flush()
     files = list(cache.iterdir())
     assert len(files) == 1 and files[0].suffix == ".safetensors"  # no temp files left
 
-    reader = ClipEncoder.from_pretrained(tiny_dir, cache_dir=cache)
+    reader = ClipEncoder.from_pretrained(tiny_clip, cache_dir=cache)
     counter = _ForwardCounter(reader.model.text_model)
     assert torch.equal(reader.encode_texts(TEXTS), expected)
     assert counter.calls == 0
@@ -241,28 +236,28 @@ def test_disk_cache_round_trip_in_a_new_encoder(tiny_dir: Path, tmp_path: Path) 
     # rows added by a second writer are merged, not lost
     reader.encode_texts(["a new text"])
     reader.flush()
-    third = ClipEncoder.from_pretrained(tiny_dir, cache_dir=cache)
+    third = ClipEncoder.from_pretrained(tiny_clip, cache_dir=cache)
     counter = _ForwardCounter(third.model.text_model)
     third.encode_texts([*TEXTS, "a new text"])
     assert counter.calls == 0
 
 
-def test_disk_cache_is_written_on_exit_and_at_garbage_collection(tiny_dir: Path,
+def test_disk_cache_is_written_on_exit_and_at_garbage_collection(tiny_clip: Path,
                                                                  tmp_path: Path) -> None:
-    with ClipEncoder.from_pretrained(tiny_dir, cache_dir=tmp_path / "a") as encoder:
+    with ClipEncoder.from_pretrained(tiny_clip, cache_dir=tmp_path / "a") as encoder:
         encoder.encode_texts(["a dog"])
     assert len(list((tmp_path / "a").glob("*.safetensors"))) == 1
-    dropped = ClipEncoder.from_pretrained(tiny_dir, cache_dir=tmp_path / "b")
+    dropped = ClipEncoder.from_pretrained(tiny_clip, cache_dir=tmp_path / "b")
     dropped.encode_texts(["a dog"])
     del dropped
     gc.collect()
     assert len(list((tmp_path / "b").glob("*.safetensors"))) == 1
 
 
-def test_disk_cache_is_per_model_and_survives_a_corrupt_file(tiny_dir: Path,
+def test_disk_cache_is_per_model_and_survives_a_corrupt_file(tiny_clip: Path,
                                                              tmp_path: Path) -> None:
     cache = tmp_path / "features"
-    with ClipEncoder.from_pretrained(tiny_dir, cache_dir=cache) as encoder:
+    with ClipEncoder.from_pretrained(tiny_clip, cache_dir=cache) as encoder:
         encoder.encode_texts(["a dog"])
     other_dir = save_tiny_clip(tmp_path / "other", seed=1)
     other = ClipEncoder.from_pretrained(other_dir, cache_dir=cache)
@@ -273,20 +268,20 @@ def test_disk_cache_is_per_model_and_survives_a_corrupt_file(tiny_dir: Path,
 
     (cache_file,) = [p for p in cache.iterdir() if encoder.identity[:20] in p.name]
     cache_file.write_bytes(b"not a safetensors file")
-    fresh = ClipEncoder.from_pretrained(tiny_dir, cache_dir=cache)
+    fresh = ClipEncoder.from_pretrained(tiny_clip, cache_dir=cache)
     torch.testing.assert_close(fresh.encode_texts(["a dog"]),
-                               ClipEncoder.from_pretrained(tiny_dir).encode_texts(["a dog"]))
+                               ClipEncoder.from_pretrained(tiny_clip).encode_texts(["a dog"]))
     fresh.flush()
-    assert ClipEncoder.from_pretrained(tiny_dir, cache_dir=cache).encode_texts(["a dog"]).shape \
+    assert ClipEncoder.from_pretrained(tiny_clip, cache_dir=cache).encode_texts(["a dog"]).shape \
         == (1, 16)
 
 
 # --- loading failures -------------------------------------------------------------------------
 
-def test_missing_tokenizer_files_are_caught(tiny_dir: Path, tmp_path: Path) -> None:
+def test_missing_tokenizer_files_are_caught(tiny_clip: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    model_dir = _copy(tiny_dir, tmp_path)
+    model_dir = _copy(tiny_clip, tmp_path)
     (model_dir / "tokenizer.json").unlink()
     (model_dir / "tokenizer_config.json").unlink()
     # The trap itself: transformers 5 hands back an (almost) empty tokenizer instead of failing.
@@ -296,8 +291,8 @@ def test_missing_tokenizer_files_are_caught(tiny_dir: Path, tmp_path: Path) -> N
         ClipEncoder.from_pretrained(model_dir)
 
 
-def test_missing_weights_are_caught(tiny_dir: Path, tmp_path: Path) -> None:
-    model_dir = _copy(tiny_dir, tmp_path)
+def test_missing_weights_are_caught(tiny_clip: Path, tmp_path: Path) -> None:
+    model_dir = _copy(tiny_clip, tmp_path)
     weights = load_file(model_dir / "model.safetensors")
     del weights["text_projection.weight"]
     save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
@@ -327,11 +322,11 @@ def test_openai_names(offline: None, tmp_path: Path) -> None:
             ClipEncoder.from_pretrained(name)
 
 
-def test_cached_hub_snapshot_loads_offline(offline: None, tiny_dir: Path, tmp_path: Path,
+def test_cached_hub_snapshot_loads_offline(offline: None, tiny_clip: Path, tmp_path: Path,
                                            encoder: ClipEncoder) -> None:
     repo = tmp_path / "hub" / "models--someone--tiny-clip"
     commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(tiny_dir, repo / "snapshots" / commit)
+    shutil.copytree(tiny_clip, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     source = resolve_model_source("someone/tiny-clip", hub_cache_dir=tmp_path / "hub")
@@ -340,7 +335,7 @@ def test_cached_hub_snapshot_loads_offline(offline: None, tiny_dir: Path, tmp_pa
     assert torch.equal(cached.encode_texts(TEXTS), encoder.encode_texts(TEXTS))
 
 
-def test_directories_that_are_not_transformers_clip(tiny_dir: Path, tmp_path: Path) -> None:
+def test_directories_that_are_not_transformers_clip(tiny_clip: Path, tmp_path: Path) -> None:
     from transformers import CLIPTextConfig
 
     open_clip = tmp_path / "open_clip"
@@ -355,9 +350,9 @@ def test_directories_that_are_not_transformers_clip(tiny_dir: Path, tmp_path: Pa
         ClipEncoder.from_pretrained(text_only)
 
 
-def test_missing_preprocessor_config_falls_back_to_clip_defaults(tiny_dir: Path,
+def test_missing_preprocessor_config_falls_back_to_clip_defaults(tiny_clip: Path,
                                                                  tmp_path: Path) -> None:
-    model_dir = _copy(tiny_dir, tmp_path)
+    model_dir = _copy(tiny_clip, tmp_path)
     (model_dir / "preprocessor_config.json").unlink()
     encoder = ClipEncoder.from_pretrained(model_dir)
     assert encoder.preprocess_config == ClipPreprocessConfig.for_image_size(32)
@@ -394,8 +389,8 @@ def test_tensor_preprocessing_batches_mixed_sizes_like_one_by_one() -> None:
     torch.testing.assert_close(as_float, batched[:1], atol=1e-5, rtol=0)
 
 
-def test_image_processor_settings_are_read_from_the_saved_config(tiny_dir: Path) -> None:
-    saved = json.loads((tiny_dir / "preprocessor_config.json").read_text())
+def test_image_processor_settings_are_read_from_the_saved_config(tiny_clip: Path) -> None:
+    saved = json.loads((tiny_clip / "preprocessor_config.json").read_text())
     config = ClipPreprocessConfig.from_image_processor(saved)
     assert config.shortest_edge == 32 and config.crop_size == (32, 32)
     assert config.image_mean == tuple(saved["image_mean"])

@@ -31,18 +31,13 @@ from refground.methods.trainable import WEIGHTS_FILE
 from refground.train.matching import MatchWeights, hungarian_match, match_costs, set_loss
 from refground.types import Sample
 from refground.vision.text_encoders import load_text_encoder, minilm_path
-from refground.vision.tiny_clip import DEFAULT_CORPUS, save_tiny_clip
+from refground.vision.tiny_clip import DEFAULT_CORPUS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), vocab_size=600)
 
 
 def tiny_options(text_model: Path | str, **overrides: Any) -> dict[str, Any]:
@@ -166,9 +161,9 @@ def _assert_inside(predictions: list[Any], samples: list[Sample]) -> None:
 
 
 @pytest.mark.parametrize("freeze_text", [True, False])
-def test_save_load_round_trip(tiny_clip_dir: Path, samples: list[Sample], tmp_path: Path,
+def test_save_load_round_trip(tiny_clip_600: Path, samples: list[Sample], tmp_path: Path,
                               freeze_text: bool) -> None:
-    method = build_method("detr", **tiny_options(tiny_clip_dir, freeze_text=freeze_text))
+    method = build_method("detr", **tiny_options(tiny_clip_600, freeze_text=freeze_text))
     assert isinstance(method, DetrMethod)
     with torch.no_grad():  # one train-mode pass moves the BatchNorm statistics off their init
         method.model(method.collator()(samples))
@@ -186,7 +181,7 @@ def test_save_load_round_trip(tiny_clip_dir: Path, samples: list[Sample], tmp_pa
 
 
 def test_reference_points_spread_encode_like_image_tokens_and_anchor_the_boxes(
-        tiny_clip_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+        tiny_clip_600: Path, samples: list[Sample], tmp_path: Path) -> None:
     anchors = initial_references(6).sigmoid()
     expected_grid = torch.tensor([[1 / 6, 0.25], [0.5, 0.25], [5 / 6, 0.25],
                                   [1 / 6, 0.75], [0.5, 0.75], [5 / 6, 0.75]])
@@ -195,7 +190,7 @@ def test_reference_points_spread_encode_like_image_tokens_and_anchor_the_boxes(
     grid = sine_positions_2d(4, 4, 16, torch.device("cpu"))
     assert torch.allclose(sine_points(torch.tensor([[1.5 / 4, 2.5 / 4]]), 16)[0],
                           grid[2 * 4 + 1], atol=1e-6)
-    method = build_method("detr", **tiny_options(tiny_clip_dir, reference_points=True))
+    method = build_method("detr", **tiny_options(tiny_clip_600, reference_points=True))
     assert isinstance(method, DetrMethod)
     model = method.model
     model.eval()
@@ -210,9 +205,9 @@ def test_reference_points_spread_encode_like_image_tokens_and_anchor_the_boxes(
     assert loaded.predict(samples) == method.predict(samples)
 
 
-def test_collator_is_picklable_and_omits_missing_targets(tiny_clip_dir: Path,
+def test_collator_is_picklable_and_omits_missing_targets(tiny_clip_600: Path,
                                                          samples: list[Sample]) -> None:
-    method = DetrMethod.from_options(tiny_options(tiny_clip_dir))
+    method = DetrMethod.from_options(tiny_options(tiny_clip_600))
     collate = pickle.loads(pickle.dumps(method.collator()))
     batch = collate(samples)
     reference = method.collator()(samples)
@@ -225,24 +220,24 @@ def test_collator_is_picklable_and_omits_missing_targets(tiny_clip_dir: Path,
 
 # --- (d) errors -------------------------------------------------------------------------------
 
-def test_bad_options_name_the_field(tiny_clip_dir: Path) -> None:
+def test_bad_options_name_the_field(tiny_clip_600: Path) -> None:
     with pytest.raises(ConfigError, match="bogus_option"):
-        build_method("detr", **tiny_options(tiny_clip_dir, bogus_option=1))
+        build_method("detr", **tiny_options(tiny_clip_600, bogus_option=1))
     with pytest.raises(ConfigError, match="heads"):
-        build_method("detr", **tiny_options(tiny_clip_dir, heads=3))
+        build_method("detr", **tiny_options(tiny_clip_600, heads=3))
     with pytest.raises(ConfigError, match="text_encoder"):
-        build_method("detr", **tiny_options(tiny_clip_dir, text_encoder="word2vec"))
+        build_method("detr", **tiny_options(tiny_clip_600, text_encoder="word2vec"))
     assert DetrConfig(text_encoder="minilm").text_model == "minilm"
     assert DetrConfig().text_model == "synthref-clip"
 
 
-def test_corrupt_weights_raise_model_load_error(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    method = DetrMethod.from_options(tiny_options(tiny_clip_dir))
+def test_corrupt_weights_raise_model_load_error(tiny_clip_600: Path, tmp_path: Path) -> None:
+    method = DetrMethod.from_options(tiny_options(tiny_clip_600))
     directory = method.save_pretrained(tmp_path / "ckpt")
     (directory / WEIGHTS_FILE).write_bytes(b"\x00garbage, not a safetensors file")
     with pytest.raises(ModelLoadError, match=WEIGHTS_FILE):
         build_method("detr", checkpoint=directory)
-    other = DetrMethod.from_options(tiny_options(tiny_clip_dir, d_model=16))
+    other = DetrMethod.from_options(tiny_options(tiny_clip_600, d_model=16))
     other.save_pretrained(tmp_path / "other")
     (tmp_path / "other" / "method.json").write_text(
         (directory / "method.json").read_text(encoding="utf-8"), encoding="utf-8")
@@ -252,9 +247,9 @@ def test_corrupt_weights_raise_model_load_error(tiny_clip_dir: Path, tmp_path: P
 
 # --- (e) training -----------------------------------------------------------------------------
 
-def test_overfits_four_samples(tiny_clip_dir: Path, samples: list[Sample]) -> None:
+def test_overfits_four_samples(tiny_clip_600: Path, samples: list[Sample]) -> None:
     torch.manual_seed(0)
-    method = DetrMethod.from_options(tiny_options(tiny_clip_dir))
+    method = DetrMethod.from_options(tiny_options(tiny_clip_600))
     model = method.model
     batch = method.collator()(samples[:4])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -273,11 +268,11 @@ def test_overfits_four_samples(tiny_clip_dir: Path, samples: list[Sample]) -> No
     assert min(losses[-5:]) < 0.5 * losses[0], losses
 
 
-def test_group_norm_outputs_do_not_depend_on_the_batch(tiny_clip_dir: Path,
+def test_group_norm_outputs_do_not_depend_on_the_batch(tiny_clip_600: Path,
                                                       samples: list[Sample]) -> None:
     """With GroupNorm and masked text padding, a sample's outputs are the same whichever
     batch it is in: what makes multi-process training equal to one process."""
-    method = DetrMethod.from_options(tiny_options(tiny_clip_dir, norm="group"))
+    method = DetrMethod.from_options(tiny_options(tiny_clip_600, norm="group"))
     method.model.train()
     collate = method.collator()
     whole = method.model(collate(samples))
@@ -287,20 +282,20 @@ def test_group_norm_outputs_do_not_depend_on_the_batch(tiny_clip_dir: Path,
         assert torch.allclose(whole[key], joined, atol=1e-5)
 
 
-def test_loss_weights_and_aux_layers(tiny_clip_dir: Path, samples: list[Sample]) -> None:
-    method = DetrMethod.from_options(tiny_options(tiny_clip_dir, aux_loss=False))
+def test_loss_weights_and_aux_layers(tiny_clip_600: Path, samples: list[Sample]) -> None:
+    method = DetrMethod.from_options(tiny_options(tiny_clip_600, aux_loss=False))
     batch = method.collator()(samples)
     with torch.no_grad():
         outputs = method.model(batch)
         loss = method.loss(batch, outputs)
     weighted = 2.0 * loss["class"] + 5.0 * loss["l1"] + 2.0 * loss["giou"]
     assert loss["loss"].item() == pytest.approx(weighted.item(), rel=1e-6)
-    method_aux = DetrMethod.from_options(tiny_options(tiny_clip_dir, aux_loss=True))
+    method_aux = DetrMethod.from_options(tiny_options(tiny_clip_600, aux_loss=True))
     assert method_aux.loss(batch, outputs)["loss"].item() > loss["loss"].item()
 
 
-def test_forward_under_bf16_autocast(tiny_clip_dir: Path, samples: list[Sample]) -> None:
-    method = DetrMethod.from_options(tiny_options(tiny_clip_dir))
+def test_forward_under_bf16_autocast(tiny_clip_600: Path, samples: list[Sample]) -> None:
+    method = DetrMethod.from_options(tiny_options(tiny_clip_600))
     batch = method.collator()(samples)
     assert batch["pixels"].dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):

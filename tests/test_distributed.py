@@ -15,32 +15,43 @@ import yaml
 from safetensors.torch import load_file
 
 from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
 from refground.evaluate.runner import evaluate
 from refground.methods import build_method
+from refground.train.config import load_config
+from refground.train.trainer import Trainer
+from tests.conftest import synthref_root
 from tests.tiny_trainable import register
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 
-def launch(config: Path, processes: int) -> subprocess.CompletedProcess[str]:
-    script = str(REPO / "tests" / "tiny_trainable.py")
-    if processes == 1:
-        command = [sys.executable, script, str(config)]
-    else:  # --multi_gpu selects torchrun; without a GPU the processes use gloo on the CPU
-        command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", "29517", script, str(config)]
+def launch(config: Path, processes: int) -> None:
+    """Train ``config`` in one process (this one) or in ``processes`` launched by Accelerate."""
+    if processes == 1:  # the reference: the same Trainer, here, on one thread as each child is
+        register()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            Trainer(load_config(config), progress=False, log=lambda _: None).fit()
+        finally:
+            torch.set_num_threads(threads)
+        return
+    # --multi_gpu selects torchrun; without a GPU the processes use gloo on the CPU
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", "29517", str(REPO / "tests" / "tiny_trainable.py"),
+               str(config)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_processes_match_one(tmp_path: Path) -> None:
+def test_two_processes_match_one(tmp_path: Path,
+                                 tmp_path_factory: pytest.TempPathFactory) -> None:
     assert ACCELERATE is not None, "the accelerate command is missing: pip install '.[dist]'"
-    root = tmp_path / "synth"
-    generate_synthref(root, seed=3, num_images=30, workers=1)
+    root = synthref_root(tmp_path_factory, seed=3, images=30)
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
@@ -52,8 +63,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
                   "out": str(out)}
         path = tmp_path / f"p{processes}.yaml"
         path.write_text(yaml.safe_dump(config))
-        result = launch(path, processes)
-        assert result.returncode == 0, result.stderr[-3000:]
+        launch(path, processes)
         runs[processes] = json.loads((out / "summary.json").read_text())
     assert (runs[1]["processes"], runs[2]["processes"]) == (1, 2)
     # the gradients are averaged over the same global batches: same weights up to float sums

@@ -23,18 +23,12 @@ from refground.methods.erpa import (
 from refground.methods.trainable import move_batch
 from refground.types import Entity, Relation, Sample, SceneGraph
 from refground.vision.proposals import Proposals
-from refground.vision.tiny_clip import save_tiny_clip
 from tests.conftest import synthref_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"hidden": 16, "heads": 2, "decoder_layers": 1, "encoder_layers": 1, "dropout": 0.0,
         "graphs": "gold"}
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +68,7 @@ def test_max_edges_keeps_the_most_confident_pairs() -> None:
     assert layout.edge_nodes.tolist() == [[0, 3], [1, 3]]  # 0.72 and 0.40, not 0.18 ...
 
 
-def test_many_detections_materialise_only_real_edges(clip_dir: Path,
+def test_many_detections_materialise_only_real_edges(tiny_clip: Path,
                                                      samples: list[Sample]) -> None:
     """Three entities of 40 detections, one relation: 1600 edges, not (120 choose 2)."""
     boxes = torch.rand(40, 2) * 50
@@ -108,9 +102,9 @@ def test_union_and_padding() -> None:
     assert padded[1].eq(7).all()
 
 
-def test_edge_attention_bias_is_the_max_of_its_heatmaps(clip_dir: Path,
+def test_edge_attention_bias_is_the_max_of_its_heatmaps(tiny_clip: Path,
                                                          samples: list[Sample]) -> None:
-    method = build_method("erpa", clip=str(clip_dir), **TINY)
+    method = build_method("erpa", clip=str(tiny_clip), **TINY)
     relational = [s for s in samples if s.graph is not None and s.graph.relations][:2]
     batch = method.collator()(relational)
     model = method.model
@@ -127,9 +121,9 @@ def test_edge_attention_bias_is_the_max_of_its_heatmaps(clip_dir: Path,
 
 
 @pytest.mark.parametrize("head", ["regress", "select"])
-def test_predictions_are_boxes_in_the_image(head: str, clip_dir: Path,
+def test_predictions_are_boxes_in_the_image(head: str, tiny_clip: Path,
                                             samples: list[Sample]) -> None:
-    method = build_method("erpa", clip=str(clip_dir), head=head, **TINY)
+    method = build_method("erpa", clip=str(tiny_clip), head=head, **TINY)
     predictions = method.predict(samples[:5])
     assert [p.sample_id for p in predictions] == [s.sample_id for s in samples[:5]]
     for prediction, sample in zip(predictions, samples, strict=False):
@@ -140,9 +134,9 @@ def test_predictions_are_boxes_in_the_image(head: str, clip_dir: Path,
             assert prediction.box in {a.box for a in sample.annotations}
 
 
-def test_collator_is_picklable_and_graphs_are_checked(clip_dir: Path,
+def test_collator_is_picklable_and_graphs_are_checked(tiny_clip: Path,
                                                       samples: list[Sample]) -> None:
-    method = build_method("erpa", clip=str(clip_dir), **TINY)
+    method = build_method("erpa", clip=str(tiny_clip), **TINY)
     collate = pickle.loads(pickle.dumps(method.collator()))
     batch = collate(samples[:3])
     assert batch["target"].shape == (3, 4) and batch["node_mask"].any(1).all()
@@ -157,13 +151,13 @@ def test_collator_is_picklable_and_graphs_are_checked(clip_dir: Path,
     ({"top_k": 0}, "top_k"),
     ({"sigma": 1.0}, "sigma"),
 ])
-def test_bad_options_raise_config_error(options: dict, match: str, clip_dir: Path) -> None:
+def test_bad_options_raise_config_error(options: dict, match: str, tiny_clip: Path) -> None:
     with pytest.raises(ConfigError, match=match):
-        build_method("erpa", clip=str(clip_dir), **options)
+        build_method("erpa", clip=str(tiny_clip), **options)
 
 
-def test_save_load_round_trip(clip_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
-    method = build_method("erpa", clip=str(clip_dir), **TINY)
+def test_save_load_round_trip(tiny_clip: Path, samples: list[Sample], tmp_path: Path) -> None:
+    method = build_method("erpa", clip=str(tiny_clip), **TINY)
     saved = method.save_pretrained(tmp_path / "erpa")
     loaded = build_method("erpa", checkpoint=str(saved))
     assert isinstance(loaded, ErpaMethod)
@@ -178,10 +172,10 @@ def test_save_load_round_trip(clip_dir: Path, samples: list[Sample], tmp_path: P
         build_method("erpa", checkpoint=str(saved), hidden=32)
 
 
-def test_select_head_learns_to_pick_the_referent(clip_dir: Path, samples: list[Sample]) -> None:
+def test_select_head_learns_to_pick_the_referent(tiny_clip: Path, samples: list[Sample]) -> None:
     """A few dozen steps on eight samples: the chosen node moves to the target."""
     torch.manual_seed(0)
-    method = build_method("erpa", clip=str(clip_dir), head="select",
+    method = build_method("erpa", clip=str(tiny_clip), head="select",
                           **{**TINY, "hidden": 32, "heads": 4})
     chosen = samples[:8]
     batch = move_batch(method.collator()(chosen), "cpu")
@@ -204,9 +198,9 @@ def test_select_head_learns_to_pick_the_referent(clip_dir: Path, samples: list[S
     assert all(p.grad is None for p in frozen)
 
 
-def test_regress_head_loss_matches_an_independent_computation(clip_dir: Path,
+def test_regress_head_loss_matches_an_independent_computation(tiny_clip: Path,
                                                                samples: list[Sample]) -> None:
-    method = build_method("erpa", clip=str(clip_dir), l1_weight=2.0, giou_weight=3.0, **TINY)
+    method = build_method("erpa", clip=str(tiny_clip), l1_weight=2.0, giou_weight=3.0, **TINY)
     batch = method.collator()(samples[:4])
     outputs = method.model(batch)
     losses = method.loss(batch, outputs)
@@ -217,7 +211,7 @@ def test_regress_head_loss_matches_an_independent_computation(clip_dir: Path,
     assert losses["loss"].item() == pytest.approx((2 * l1 + 3 * giou).item(), rel=1e-5)
 
 
-def test_parsed_graphs_come_from_the_dataset_cache(clip_dir: Path, samples: list[Sample],
+def test_parsed_graphs_come_from_the_dataset_cache(tiny_clip: Path, samples: list[Sample],
                                                    tmp_path: Path) -> None:
     """prepare() reads graphs.<backend>.jsonl; a cached graph wins over parsing."""
     from refground.language import cache_key, graph_cache_path, write_graph_cache
@@ -228,7 +222,7 @@ def test_parsed_graphs_come_from_the_dataset_cache(clip_dir: Path, samples: list
                          (Relation(0, "far from", 1),))
     write_graph_cache(graph_cache_path(tmp_path / "synthref", "rules"),
                       {cache_key(sample.expression): planted})
-    method = build_method("erpa", clip=str(clip_dir),
+    method = build_method("erpa", clip=str(tiny_clip),
                           **{**TINY, "graphs": "parsed", "parser_backend": "rules"})
     parsed = method.collator()([sample])
     method.prepare(DatasetInfo(tmp_path, "synthref", "synth"))
@@ -259,11 +253,11 @@ REPORT_DESIGN = {"box_embedding": False, "role_embedding": False, "match_embeddi
 
 @pytest.mark.parametrize("options", [{}, {"head": "select"}, REPORT_DESIGN],
                          ids=["regress", "select", "report-design"])
-def test_every_trainable_weight_gets_a_gradient(options: dict, clip_dir: Path,
+def test_every_trainable_weight_gets_a_gradient(options: dict, tiny_clip: Path,
                                                 samples: list[Sample]) -> None:
     """Unused parameters break DDP (find_unused_parameters=False) and bloat checkpoints: each
     configuration builds exactly the modules it uses."""
-    method = build_method("erpa", clip=str(clip_dir), **{**TINY, **options})
+    method = build_method("erpa", clip=str(tiny_clip), **{**TINY, **options})
     relational = [s for s in samples if s.graph is not None and s.graph.relations][:2]
     batch = method.collator()(relational + samples[:2])
     method.loss(batch, method.model(batch))["loss"].backward()
@@ -277,9 +271,9 @@ def test_every_trainable_weight_gets_a_gradient(options: dict, clip_dir: Path,
             assert not any(key.startswith(addition) for key in saved)
 
 
-def test_rank_inputs_count_members_before_and_after(clip_dir: Path) -> None:
+def test_rank_inputs_count_members_before_and_after(tiny_clip: Path) -> None:
     """Uniform membership (no crops): node ranks along x among the same entity's nodes."""
-    method = build_method("erpa", clip=str(clip_dir), node_crops=False, **TINY)
+    method = build_method("erpa", clip=str(tiny_clip), node_crops=False, **TINY)
     # one sample: entity 0 has three nodes at x = 0.5, 0.1, 0.9; entity 1 one node; one pad
     boxes = torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.1, 0.2, 0.1, 0.2], [0.9, 0.8, 0.3, 0.3],
                            [0.05, 0.5, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5]]])

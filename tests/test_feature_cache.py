@@ -35,11 +35,6 @@ DETR = {"image_size": 32, "backbone_widths": [8, 16], "backbone_blocks": 1, "d_m
         "dropout": 0.0}
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), vocab_size=600)
-
-
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     """A fresh SynthRef per test: tests write caches into it and corrupt them."""
@@ -55,11 +50,11 @@ def samples_of(root: Path) -> list[Sample]:
     return list(load_refer_split(root, "synthref", "synth", "train").samples)[:12]
 
 
-def method(name: str, clip_dir: Path, **options: Any) -> TrainableMethod:
+def method(name: str, tiny_clip_600: Path, **options: Any) -> TrainableMethod:
     torch.manual_seed(0)
-    base = {"regressor": {"clip": str(clip_dir), **REGRESSOR},
-            "erpa": {"clip": str(clip_dir), **ERPA},
-            "detr": {"text_model": str(clip_dir), **DETR}}[name]
+    base = {"regressor": {"clip": str(tiny_clip_600), **REGRESSOR},
+            "erpa": {"clip": str(tiny_clip_600), **ERPA},
+            "detr": {"text_model": str(tiny_clip_600), **DETR}}[name]
     built = build_method(name, device="cpu", **{**base, **options})
     assert isinstance(built, TrainableMethod)
     return built
@@ -71,11 +66,11 @@ def method(name: str, clip_dir: Path, **options: Any) -> TrainableMethod:
     ("detr", {}), ("detr", {"freeze_text": False, "reference_points": True}),
 ])
 def test_cached_batches_give_the_computed_outputs(name: str, options: dict[str, Any],
-                                                  clip_dir: Path, dataset: Path) -> None:
+                                                  tiny_clip_600: Path, dataset: Path) -> None:
     """The same model on a batch read from the cache and on one computed from images gives
     the same outputs (up to the float16 storage), and the cached one holds no pixels of a
     frozen part."""
-    model_method = method(name, clip_dir, **options)
+    model_method = method(name, tiny_clip_600, **options)
     model_method.prepare(info(dataset))
     samples = samples_of(dataset)
     computed = model_method.collator()(samples)
@@ -97,32 +92,32 @@ def test_cached_batches_give_the_computed_outputs(name: str, options: dict[str, 
             torch.testing.assert_close(actual[key][finite], value[finite], atol=2e-2, rtol=2e-2)
 
 
-def test_predictions_equal_with_and_without_the_cache(clip_dir: Path, dataset: Path) -> None:
+def test_predictions_equal_with_and_without_the_cache(tiny_clip_600: Path, dataset: Path) -> None:
     samples = samples_of(dataset)
-    plain = method("erpa", clip_dir, head="select")
+    plain = method("erpa", tiny_clip_600, head="select")
     plain.prepare(info(dataset))
-    cached = method("erpa", clip_dir, head="select")
+    cached = method("erpa", tiny_clip_600, head="select")
     cached.prepare(info(dataset))
     cache_features(cached, samples, info(dataset), log=lambda _: None)
     assert [p.box for p in plain.predict(samples)] == [p.box for p in cached.predict(samples)]
 
 
-def test_fine_tuned_or_detector_fed_parts_are_not_cached(clip_dir: Path) -> None:
-    assert method("regressor", clip_dir, freeze_clip=False).feature_groups() == []
-    assert method("erpa", clip_dir, freeze_clip=False).feature_groups() == []
+def test_fine_tuned_or_detector_fed_parts_are_not_cached(tiny_clip_600: Path) -> None:
+    assert method("regressor", tiny_clip_600, freeze_clip=False).feature_groups() == []
+    assert method("erpa", tiny_clip_600, freeze_clip=False).feature_groups() == []
     # detr's backbone trains: only its pixels and (frozen) token states are cached
-    assert [g.name for g in method("detr", clip_dir).feature_groups()] == [
+    assert [g.name for g in method("detr", tiny_clip_600).feature_groups()] == [
         "detr-pixels", "detr-text-tokens"]
 
 
 def test_another_model_preprocessing_or_dataset_is_another_cache(
-        clip_dir: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+        tiny_clip_600: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     samples = samples_of(dataset)
-    base = method("regressor", clip_dir)
+    base = method("regressor", tiny_clip_600)
     paths = {t.path for t in cache_features(base, samples, info(dataset),
                                             log=lambda _: None).values()}
     # the same model and inputs again: the same files, reused
-    again = cache_features(method("regressor", clip_dir), samples, info(dataset),
+    again = cache_features(method("regressor", tiny_clip_600), samples, info(dataset),
                            log=lambda _: None)
     assert {t.path for t in again.values()} == paths
     # another CLIP (other weights, same architecture): none of the CLIP tables are reused
@@ -132,7 +127,7 @@ def test_another_model_preprocessing_or_dataset_is_another_cache(
     assert other["clip-images"].path not in paths and other["clip-texts"].path not in paths
     assert other["regressor-cnn-pixels"].path in paths  # the CNN's input does not depend on it
     # another preprocessing of the CNN's input: another pixel table
-    resized = cache_features(method("regressor", clip_dir, cnn_image_size=32), samples,
+    resized = cache_features(method("regressor", tiny_clip_600, cnn_image_size=32), samples,
                              info(dataset), log=lambda _: None)
     assert resized["regressor-cnn-pixels"].path not in paths
     assert resized["clip-images"].path in paths
@@ -141,14 +136,14 @@ def test_another_model_preprocessing_or_dataset_is_another_cache(
     data = json.loads(instances.read_text())
     data["annotations"][0]["bbox"][0] += 1
     instances.write_text(json.dumps(data))
-    edited = cache_features(method("regressor", clip_dir), samples_of(dataset), info(dataset),
+    edited = cache_features(method("regressor", tiny_clip_600), samples_of(dataset), info(dataset),
                             log=lambda _: None)
     assert not {t.path for t in edited.values()} & paths
 
 
-def test_truncated_cache_is_refused_then_rebuilt(clip_dir: Path, dataset: Path) -> None:
+def test_truncated_cache_is_refused_then_rebuilt(tiny_clip_600: Path, dataset: Path) -> None:
     samples = samples_of(dataset)
-    tables = cache_features(method("regressor", clip_dir), samples, info(dataset),
+    tables = cache_features(method("regressor", tiny_clip_600), samples, info(dataset),
                             log=lambda _: None)
     path = tables["clip-images"].path
     good = FeatureTable.open(path).tensors()["patches"].clone()
@@ -157,7 +152,7 @@ def test_truncated_cache_is_refused_then_rebuilt(clip_dir: Path, dataset: Path) 
     with pytest.raises(FeatureCacheError, match="bytes, its manifest says"):
         FeatureTable.open(path)
     messages: list[str] = []
-    rebuilt = cache_features(method("regressor", clip_dir), samples, info(dataset),
+    rebuilt = cache_features(method("regressor", tiny_clip_600), samples, info(dataset),
                              log=messages.append)
     assert any("rebuilding" in m and path.name in m for m in messages)
     torch.testing.assert_close(rebuilt["clip-images"].tensors()["patches"], good)
@@ -173,11 +168,11 @@ def test_truncated_cache_is_refused_then_rebuilt(clip_dir: Path, dataset: Path) 
         FeatureTable.open(path)
 
 
-def test_missing_rows_are_added_and_replaced_images_recomputed(clip_dir: Path,
+def test_missing_rows_are_added_and_replaced_images_recomputed(tiny_clip_600: Path,
                                                                dataset: Path) -> None:
     samples = samples_of(dataset)
     first = samples[:4]
-    regressor = method("regressor", clip_dir)
+    regressor = method("regressor", tiny_clip_600)
     small = cache_features(regressor, first, info(dataset), log=lambda _: None)["clip-images"]
     before = small.gather(list(small.keys))["patches"]
     messages: list[str] = []

@@ -26,7 +26,6 @@ from refground.methods.regressor import RegressorMethod, RegressorModel, regress
 from refground.methods.trainable import METHOD_FILE, WEIGHTS_FILE, move_batch
 from refground.types import Sample
 from refground.vision.hrnet import HRNet, build_cnn_branch
-from refground.vision.tiny_clip import save_tiny_clip
 from tests.conftest import write_mini_refer
 
 #: Small everything: a 48px CNN input, a 4x4 grid, 4-8 channel branches.
@@ -47,11 +46,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
-
-
-@pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     """Four samples with four different boxes (two images)."""
     root = write_mini_refer(tmp_path_factory.mktemp("data"))
@@ -62,9 +56,9 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     return chosen
 
 
-def make(clip_dir: Path, **options: Any) -> RegressorMethod:
+def make(tiny_clip: Path, **options: Any) -> RegressorMethod:
     torch.manual_seed(0)
-    method = build_method("regressor", clip=str(clip_dir), **{**TINY, **options})
+    method = build_method("regressor", clip=str(tiny_clip), **{**TINY, **options})
     assert isinstance(method, RegressorMethod)
     return method
 
@@ -88,9 +82,9 @@ def train_steps(method: RegressorMethod, samples: list[Sample], steps: int,
 
 # --- (a) outputs ------------------------------------------------------------------------------
 
-def test_boxes_are_normalised_and_predictions_in_the_image(clip_dir: Path,
+def test_boxes_are_normalised_and_predictions_in_the_image(tiny_clip: Path,
                                                            samples: list[Sample]) -> None:
-    method = make(clip_dir)
+    method = make(tiny_clip)
     batch = method.collator()(samples)
     assert batch["clip_pixels"].shape == (4, 3, 32, 32)
     assert batch["cnn_pixels"].shape == (4, 3, 48, 48)
@@ -105,8 +99,8 @@ def test_boxes_are_normalised_and_predictions_in_the_image(clip_dir: Path,
         assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
 
 
-def test_pooled_maps_group_norm_and_bf16_autocast(clip_dir: Path, samples: list[Sample]) -> None:
-    method = make(clip_dir, clip_map="pooled", norm="group", coord_maps=False)
+def test_pooled_maps_group_norm_and_bf16_autocast(tiny_clip: Path, samples: list[Sample]) -> None:
+    method = make(tiny_clip, clip_map="pooled", norm="group", coord_maps=False)
     batch = method.collator()(samples)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         boxes = method.model(batch)["boxes"]
@@ -116,9 +110,9 @@ def test_pooled_maps_group_norm_and_bf16_autocast(clip_dir: Path, samples: list[
     losses["loss"].backward()
 
 
-def test_collator_is_picklable_and_target_optional(clip_dir: Path,
+def test_collator_is_picklable_and_target_optional(tiny_clip: Path,
                                                    samples: list[Sample]) -> None:
-    collate = pickle.loads(pickle.dumps(make(clip_dir).collator()))
+    collate = pickle.loads(pickle.dumps(make(tiny_clip).collator()))
     batch = collate(samples)
     assert set(batch) == {"clip_pixels", "cnn_pixels", "input_ids", "attention_mask", "size",
                           "target"}
@@ -129,9 +123,9 @@ def test_collator_is_picklable_and_target_optional(clip_dir: Path,
 
 # --- (b) save and load ------------------------------------------------------------------------
 
-def test_save_load_round_trip_without_frozen_clip(clip_dir: Path, samples: list[Sample],
+def test_save_load_round_trip_without_frozen_clip(tiny_clip: Path, samples: list[Sample],
                                                   tmp_path: Path) -> None:
-    method = make(clip_dir)
+    method = make(tiny_clip)
     train_steps(method, samples, 2)  # weights and batch-norm statistics away from their init
     saved = method.save_pretrained(tmp_path / "model")
     keys = set(load_file(str(saved / WEIGHTS_FILE)))
@@ -143,8 +137,8 @@ def test_save_load_round_trip_without_frozen_clip(clip_dir: Path, samples: list[
     assert loaded.predict(samples) == method.predict(samples)
 
 
-def test_fine_tuned_clip_is_saved(clip_dir: Path, tmp_path: Path) -> None:
-    method = make(clip_dir, freeze_clip=False)
+def test_fine_tuned_clip_is_saved(tiny_clip: Path, tmp_path: Path) -> None:
+    method = make(tiny_clip, freeze_clip=False)
     assert method.model.clip.text_projection.weight.requires_grad
     assert not method.model.clip.logit_scale.requires_grad  # unused: no DDP "unused" error
     keys = set(load_file(str(method.save_pretrained(tmp_path / "m") / WEIGHTS_FILE)))
@@ -153,9 +147,9 @@ def test_fine_tuned_clip_is_saved(clip_dir: Path, tmp_path: Path) -> None:
 
 # --- (c) bad checkpoints ----------------------------------------------------------------------
 
-def test_corrupt_and_mismatched_weights_raise_model_load_error(clip_dir: Path,
+def test_corrupt_and_mismatched_weights_raise_model_load_error(tiny_clip: Path,
                                                                tmp_path: Path) -> None:
-    saved = make(clip_dir).save_pretrained(tmp_path / "model")
+    saved = make(tiny_clip).save_pretrained(tmp_path / "model")
     weights = saved / WEIGHTS_FILE
     state = {k: v.clone() for k, v in load_file(str(weights)).items()}  # not mmap-backed
 
@@ -186,10 +180,10 @@ def test_corrupt_and_mismatched_weights_raise_model_load_error(clip_dir: Path,
     ({"cnn_backbone": "resnet"}, "cnn_backbone"),
     ({"dropout": 1.5}, "dropout"),
 ])
-def test_bad_options_raise_config_error_naming_the_field(clip_dir: Path, options: dict[str, Any],
+def test_bad_options_raise_config_error_naming_the_field(tiny_clip: Path, options: dict[str, Any],
                                                          field: str) -> None:
     with pytest.raises(ConfigError, match=field):
-        build_method("regressor", clip=str(clip_dir), **options)
+        build_method("regressor", clip=str(tiny_clip), **options)
 
 
 def test_timm_backbone_without_timm_explains_the_install() -> None:
@@ -230,9 +224,9 @@ def test_loss_matches_an_independent_computation() -> None:
 
 # --- (f), (h) training ------------------------------------------------------------------------
 
-def test_overfits_four_samples_and_leaves_the_frozen_clip_alone(clip_dir: Path,
+def test_overfits_four_samples_and_leaves_the_frozen_clip_alone(tiny_clip: Path,
                                                                 samples: list[Sample]) -> None:
-    method = make(clip_dir)
+    method = make(tiny_clip)
     model = method.model
     assert isinstance(model, RegressorModel)
     clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}

@@ -30,7 +30,6 @@ from refground.serve import GrounderCache, ServeConfig, create_app
 from refground.serve.models import model_key
 from refground.serve.options import CLIENT_OPTIONS, route_operator_options
 from refground.types import Prediction
-from refground.vision.tiny_clip import save_tiny_clip
 
 BOX = "[[0, 0, 8, 8]]"
 FUZZ_REQUESTS = 2000  # about 25 s on two busy cores
@@ -61,12 +60,6 @@ def post(client: TestClient, image: bytes | None = None, **fields: str) -> Any:
     files = None if image is None else {"image": ("upload.png", image, "image/png")}
     return client.post("/ground", files=files,
                        data={"text": "the red square", "boxes": BOX, **fields})
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny real CLIP saved like a hub snapshot (kept in a directory of its own)."""
-    return save_tiny_clip(tmp_path_factory.mktemp("operator-models") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")

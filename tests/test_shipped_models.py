@@ -75,7 +75,7 @@ def unseen_splits(tmp_path_factory: pytest.TempPathFactory
                               for name, options, *_ in FLOORS])
 def test_shipped_models_clear_their_floor(
         unseen_splits: Callable[[str], tuple[Path, list[Sample]]], name: str,
-        options: dict[str, str], scale: str, floor: float, one_thread: None) -> None:
+        options: dict[str, str], scale: str, floor: float) -> None:
     root, samples = unseen_splits(scale)
     chances = [1 / len(s.annotations) for s in samples]
     needed = -(-int(floor * 1000) * len(samples) // 1000)  # ceil(floor * n)
@@ -89,7 +89,7 @@ def test_shipped_models_clear_their_floor(
 
 
 def test_the_shipped_detector_recalls_every_referent(
-        unseen_splits: Callable[[str], tuple[Path, list[Sample]]], one_thread: None) -> None:
+        unseen_splits: Callable[[str], tuple[Path, list[Sample]]]) -> None:
     from refground.evaluate.proposal_recall import proposer_recall
     from refground.vision.proposals import build_proposer
 
@@ -121,7 +121,7 @@ def constant_box_accuracy(samples: list[Sample]) -> float:
                          ids=[checkpoint for _, checkpoint, _ in REGRESSOR_FLOORS])
 def test_shipped_regressors_beat_a_constant_box(
         unseen_splits: Callable[[str], tuple[Path, list[Sample]]], name: str, checkpoint: str,
-        floor: float, one_thread: None) -> None:
+        floor: float) -> None:
     root, samples = unseen_splits("refcoco")
     baseline = constant_box_accuracy(samples)
     method = build_method(name, checkpoint=checkpoint)

@@ -37,6 +37,7 @@ from refground.viz.draw import (
     draw_prediction,
 )
 from refground.viz.report import load_metrics, load_runs, markdown_report
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -286,7 +287,7 @@ def test_report_repeats_the_metrics_numbers(tmp_path: Path) -> None:
     assert table_rows(result.stdout, "") == headline  # the same table is printed
 
 
-def test_report_names_a_malformed_file(tmp_path: Path) -> None:
+def test_report_names_a_malformed_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     paths = write_runs(tmp_path)
     broken = tmp_path / "broken.json"
     broken.write_text('{"n": 3, "acc@0.5": ')
@@ -311,11 +312,10 @@ def test_report_names_a_malformed_file(tmp_path: Path) -> None:
     bracketed = tmp_path / "run[best]" / "metrics.json"
     bracketed.parent.mkdir()
     bracketed.write_text("[1, 2]")
-    shell = subprocess.run([sys.executable, "-m", "refground", "report", str(bracketed)],
-                           capture_output=True, text=True, check=False)
-    assert shell.returncode == 2, shell.stderr
-    assert f"{bracketed}: the file must be a JSON object" in shell.stderr
-    assert "Traceback" not in shell.stderr
+    code, stderr = run_cli(["report", str(bracketed)], capsys)
+    assert code == 2, stderr
+    assert f"{bracketed}: the file must be a JSON object" in stderr
+    assert "Traceback" not in stderr
 
 
 # --- curves -----------------------------------------------------------------------------------

@@ -642,10 +642,11 @@ def serve(
     uvicorn.run(create_app(config, cache), host=host, port=port, log_level=log_level)
 
 
-def main() -> None:
-    """Entry point: run the app, turning deliberate errors into one readable line."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app on ``argv`` (default: the command line), turning deliberate
+    errors into one readable line and exit status 2."""
     try:
-        app(standalone_mode=False)
+        app(args=argv, standalone_mode=False)
     except RefgroundError as exc:
         # escaped: messages hold brackets ("boxes=[[x0, y0, x1, y1]]", "refground[viz]")
         # that rich would otherwise swallow as markup tags
