@@ -1,5 +1,5 @@
-"""The straightforward visual-prompt pipeline, as the CLIP notebook wrote it: PIL, one image and
-one proposal at a time, the model's own image processor, one CLIP call per view.
+"""The straightforward visual-prompt pipeline, as first written (docs/methods.md): PIL, one image
+and one proposal at a time, the model's own image processor, one CLIP call per view.
 
 It is the behaviour the fast method must reproduce (tests/test_visual_prompt.py) and the
 baseline bench/visual_prompt.py times it against. Keep it simple rather than fast.
@@ -41,10 +41,11 @@ def render_view_pil(image: Image.Image, box: Sequence[float], style: PromptStyle
     return view
 
 
-def reference_scores(encoder: ClipEncoder, samples: Sequence[Sample], proposer: Proposer,
-                     style: PromptStyle, prefix: str = "This is ",
-                     debias_texts: Sequence[str] = (), aggregate: str = "max") -> list[Tensor]:
-    """Per-proposal visual-prompt scores, computed the slow, obvious way.
+def reference_view_scores(encoder: ClipEncoder, samples: Sequence[Sample], proposer: Proposer,
+                          style: PromptStyle, prefix: str = "This is ",
+                          debias_texts: Sequence[str] = ()) -> list[Tensor]:
+    """Per-proposal, per-background visual-prompt scores (proposals x backgrounds), computed
+    the slow, obvious way.
 
     For every sample, every proposal and every background: render with PIL, preprocess with the
     model's Hugging Face image processor, encode that single view, compute the debiased
@@ -68,7 +69,21 @@ def reference_scores(encoder: ClipEncoder, samples: Sequence[Sample], proposer: 
                 debiased = similarities[0] - similarities.mean() if debias is not None else (
                     similarities[0])
                 view_scores.append(float(debiased))
-            scores.append(max(view_scores) if aggregate == "max" else
-                          sum(view_scores) / len(view_scores))
-        results.append(torch.tensor(scores))
+            scores.append(view_scores)
+        results.append(torch.tensor(scores).reshape(len(scores), len(style.backgrounds)))
     return results
+
+
+def aggregate_views(view_scores: Sequence[Tensor], aggregate: str = "max") -> list[Tensor]:
+    """One score per proposal: the max or the mean over its views."""
+    # the mean in float64, as the sum of Python floats it was
+    return [views.max(dim=1).values if aggregate == "max" else
+            views.double().mean(dim=1).float() for views in view_scores]
+
+
+def reference_scores(encoder: ClipEncoder, samples: Sequence[Sample], proposer: Proposer,
+                     style: PromptStyle, prefix: str = "This is ",
+                     debias_texts: Sequence[str] = (), aggregate: str = "max") -> list[Tensor]:
+    """Per-proposal visual-prompt scores: :func:`reference_view_scores`, aggregated."""
+    return aggregate_views(reference_view_scores(encoder, samples, proposer, style, prefix,
+                                                 debias_texts), aggregate)

@@ -215,6 +215,7 @@ def small_synthref(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["refs(synth).p", "instances.json"])
 def test_fuzzed_dataset_files_give_a_split_or_a_dataset_error(
         small_synthref: Path, tmp_path: Path, target: str) -> None:

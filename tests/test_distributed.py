@@ -48,6 +48,7 @@ def launch(config: Path, processes: int) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path: Path,
                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     assert ACCELERATE is not None, "the accelerate command is missing: pip install '.[dist]'"

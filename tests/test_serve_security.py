@@ -539,6 +539,7 @@ def snapshot(*roots: Path) -> dict[str, bytes | None]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_fuzzed_requests_never_get_a_5xx_nor_write_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_clip: Path, debias_file: Path,

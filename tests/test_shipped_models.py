@@ -25,6 +25,8 @@ from refground.evaluate.runner import evaluate
 from refground.methods import DatasetInfo, build_method
 from refground.types import Sample
 
+pytestmark = pytest.mark.slow  # each floor evaluates a real model on 557 expressions
+
 #: method, options, SynthRef scale it was made for, Acc@0.5 floor
 FLOORS = [
     ("crop-rank", {}, "refcoco", 0.40),

@@ -363,12 +363,13 @@ def test_boxes_are_inside_images_and_tight_around_the_drawn_shape(
             x, y, w, h = (int(v) for v in ann["bbox"])
             assert min(x, y) >= 0
             assert x + w <= image["width"] and y + h <= image["height"]
-            painted = (pixels == palette[ann["color"]]).all(axis=-1)
-            inside = painted[y:y + h, x:x + w]
+            # the box and a one-pixel ring around it: where the object's colour is painted
+            top, left = max(y - 1, 0), max(x - 1, 0)
+            ring = (pixels[top:y + h + 1, left:x + w + 1] == palette[ann["color"]]).all(axis=-1)
+            inside = ring[y - top:y - top + h, x - left:x - left + w]
             assert inside.sum() == ann["area"]
             assert inside[0].any() and inside[-1].any()
             assert inside[:, 0].any() and inside[:, -1].any()
-            ring = painted[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1]
             assert ring.sum() == inside.sum(), "no object pixel just outside its box"
 
 

@@ -130,12 +130,20 @@ def test_corrupt_or_partial_checkpoints_are_detected(tmp_path: Path) -> None:
 
 
 def run_child(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Train in a child process. Its output goes to files, not pipes: DataLoader workers
+    inherit the child's descriptors and outlive a SIGKILL by seconds (until they notice), and
+    a pipe would keep us waiting for them."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "tests" / "tiny_trainable.py"),
-                           str(config), *extra], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+    out, err = config.with_suffix(".stdout"), config.with_suffix(".stderr")
+    with out.open("w") as stdout, err.open("w") as stderr:
+        done = subprocess.run([sys.executable, str(REPO / "tests" / "tiny_trainable.py"),
+                               str(config), *extra], env=env, stdout=stdout, stderr=stderr,
+                              timeout=300, cwd=REPO)
+    return subprocess.CompletedProcess(done.args, done.returncode, out.read_text(),
+                                       err.read_text())
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_identical_weights(synth_root: Path,
                                                           tmp_path: Path) -> None:
     """A run killed mid-epoch and resumed equals an uninterrupted one, bit for bit.

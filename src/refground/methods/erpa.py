@@ -1,4 +1,5 @@
-"""``erpa``: Entity-Relationship-Pairs Attention (the visgator ERP-A report), trained.
+"""``erpa``: Entity-Relationship-Pairs Attention (ERP-A, the visgator design restated in
+docs/methods.md), trained.
 
 The expression is parsed into a scene graph (:mod:`refground.language`). Every entity is
 looked for with a proposer (text-conditioned detectors get the entity's head noun as query);
@@ -16,10 +17,10 @@ related in the graph becomes an *edge*. Then:
    tokens, padding masked) and an MLP on ``[REG]`` regress the box: sigmoid ``cxcywh``,
    L1 + GIoU loss.
 
-Eight additions, each switchable (``False`` gives the report's design):
+Eight additions, each switchable (``False`` gives the ERP-A design of docs/methods.md):
 
 * ``box_embedding``: node and edge queries also get an MLP embedding of their box (and
-  detection score). In the report a query's position is only known through its heatmap mask;
+  detection score). In ERP-A a query's position is only known through its heatmap mask;
   feeding it directly lets the head regress coordinates it can see.
 * ``role_embedding``: a learned embedding of the entity's index in the graph, so the head
   knows which nodes are the *referent's* (entity 0) and which are anchors.
@@ -150,7 +151,7 @@ class ErpaConfig(MethodConfig):
     modifier_embedding: bool = True
     rank_features: bool = True
     head: Literal["regress", "select"] = "regress"
-    #: with head="regress": "token" regresses the absolute box from [REG] (the report);
+    #: with head="regress": "token" regresses the absolute box from [REG] (ERP-A, TransVG);
     #: "nodes" regresses it relative to the referent's nodes (see ``reference_box``)
     regress_from: Literal["token", "nodes"] = "token"
     l1_weight: float = Field(5.0, ge=0.0)
@@ -691,9 +692,9 @@ class ErpaModel(FrozenPartModel):
         [REG]'s output scores the referent's encoded nodes (scaled dot product); the
         softmax-weighted mean of their boxes is the reference box, and the box MLP on [REG]
         predicts an offset (at most half the reference's side) and a log-scale of it. One
-        token regresses, as in the report, but in the frame of the boxes it attends to, the
-        way DETR variants refine reference boxes, rather than in absolute image coordinates
-        (which, on SynthRef, never left the mean box).
+        token regresses, as in ERP-A and TransVG (Deng et al. 2021), but in the frame of the
+        boxes it attends to, the way DETR variants refine reference boxes, rather than in
+        absolute image coordinates (which, on SynthRef, never left the mean box).
         """
         reg, node_states = encoded[:, 0], encoded[:, 1:1 + count]
         scores = torch.einsum("bd,bnd->bn", self.reference_query(reg), node_states).float()

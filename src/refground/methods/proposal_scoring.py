@@ -111,7 +111,7 @@ class ProposalScoringMethod(Method):
         return [rank(item, item_scores) for item, item_scores in zip(items, scores, strict=True)]
 
     def ensemble(self, per_encoder: Sequence[list[Tensor]]) -> list[Tensor]:
-        """Average each sample's scores over backbones (the notebook's ensemble)."""
+        """Average each sample's scores over backbones (docs/methods.md: the backbone ensemble)."""
         return [torch.stack(scores).mean(0) for scores in zip(*per_encoder, strict=True)]
 
 

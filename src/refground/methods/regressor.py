@@ -1,8 +1,8 @@
 """``regressor``: regress one box from CLIP image/text maps fused with an HRNet image branch.
 
-The design of the "CLIP + HRNet" report: CLIP gives *what* (the expression and image
-semantics, in a shared space), a small HRNet gives *where* (high-resolution image features).
-Three maps on one ``grid x grid`` lattice are concatenated:
+The "CLIP + HRNet" design (docs/methods.md; HRNet: Wang et al. 2020): CLIP gives *what* (the
+expression and image semantics, in a shared space), a small HRNet gives *where* (high-resolution
+image features). Three maps on one ``grid x grid`` lattice are concatenated:
 
 * CLIP image features -- the vision tower's patch tokens on their own grid, resized to
   ``grid`` (``clip_map="patches"``), or the projected image embedding tiled (``"pooled"``) --
@@ -14,13 +14,13 @@ Two 3x3 convs (norm, ReLU) and global average pooling turn them into a ``fused_d
 an MLP with dropout predicts a normalised ``cxcywh`` box through a sigmoid. Training minimises
 smooth-L1 (Huber) on the normalised box plus ``giou_weight`` times the GIoU loss.
 
-Two additions to the report's design, on by default: ``coord_maps`` appends two channels
+Two additions to that design, on by default: ``coord_maps`` appends two channels
 holding each cell's x and y in [-1, 1]. Global pooling otherwise throws away *where* a feature
 fired; with coordinates the convs can compute position-weighted features that survive it.
 ``text_product`` appends the product of the reduced image and text maps: concatenation alone
 gives the convs only additive text-image interactions, and on SynthRef a concat-only model
 sat at one large "average" box for the first 200+ steps (loss 1.40, IoU ~0).
-``coord_maps=False, text_product=False`` gives the report's architecture exactly.
+``coord_maps=False, text_product=False`` gives the original architecture exactly.
 
 ``box_head="heatmap"`` keeps the maps, the CNN, the MLP and the loss but changes what the MLP
 predicts: instead of the whole box from one globally pooled vector (which, on SynthRef, stayed
@@ -111,7 +111,7 @@ class RegressorConfig(MethodConfig):
     norm: Literal["batch", "group"] = "batch"
     coord_maps: bool = True
     text_product: bool = True
-    #: "pooled": the report's global pooling + MLP on the whole box; "heatmap": the box
+    #: "pooled": the original global pooling + MLP on the whole box; "heatmap": the box
     #: relative to reference points (see the module docstring)
     box_head: Literal["pooled", "heatmap"] = "pooled"
     huber_delta: float = Field(0.1, gt=0.0)

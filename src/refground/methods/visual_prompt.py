@@ -1,13 +1,13 @@
-"""``visual-prompt``: the CLIP notebook's final method.
+"""``visual-prompt``: CLIP sees each proposal marked, after Shtedritski et al., "What does CLIP
+know about a red circle?" (ICCV 2023), with the settings of docs/methods.md.
 
-For each proposal CLIP sees the whole image with the box marked (red ellipse), the rest blurred
-(one view) and blurred + grayscale (another), against the text "This is <expression>". Raw
-CLIP similarities favour some views regardless of the text (big, central, salient boxes), so
-each view's similarity is *debiased*: from the expression's row we subtract the view's mean
-similarity over the rows [expression; N random training expressions] — a view that matches any
-text well gets no credit for it. Views are then aggregated per proposal (the report says mean,
-its code takes the max: an option, default max), optionally plus a category prior, and the best
-proposal wins.
+For each proposal CLIP sees the whole image with the box marked (red ellipse), the rest blurred (one
+view) and blurred + grayscale (another), against the text "This is <expression>". Raw CLIP
+similarities favour some views regardless of the text (big, central, salient boxes), so each view's
+similarity is *debiased*: from the expression's row we subtract the view's mean similarity over the
+rows [expression; N random training expressions] — a view that matches any text well gets no credit
+for it. Views are then aggregated per proposal (our source notebook's text says mean, its code takes
+the max: an option, default max), optionally plus a category prior, and the best proposal wins.
 
 The category prior (``category_prior`` > 0) adds the similarity of the expression to "A picture
 of a <label>" for each proposal's label. Only a detector's own labels may feed it (its text

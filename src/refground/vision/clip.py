@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
-#: OpenAI ``clip`` package names (as in the source notebooks) -> transformers hub ids.
+#: OpenAI ``clip`` package names (as OpenAI's clip.load takes them) -> transformers hub ids.
 OPENAI_VIT_ALIASES: dict[str, str] = {
     "ViT-B/32": "openai/clip-vit-base-patch32",
     "ViT-B/16": "openai/clip-vit-base-patch16",

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from refground.images import load_image
 from refground.types import Sample
-from refground.vision.clip import ClipEncoder
 from refground.vision.feature_cache import FeatureGroup, image_key, module_fingerprint
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
@@ -27,6 +26,9 @@ from refground.vision.preprocess import (
     pil_to_tensor,
     preprocess_tensor,
 )
+
+if TYPE_CHECKING:  # transformers (2.6 s to import) only when a CLIP group is built
+    from refground.vision.clip import ClipEncoder
 
 CLIP_IMAGES = "clip-images"
 CLIP_CROPS = "clip-crops"

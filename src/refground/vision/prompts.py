@@ -1,10 +1,10 @@
 """Visual prompts rendered on tensors: the whole image with one proposal marked.
 
-For each proposal the visual-prompt method shows CLIP the *whole* image (spatial context is
-kept) with the proposal's rectangle sharp, the rest blurred (optionally also grayscale), and a
-red ellipse inscribed in the box. The straightforward renderer (the CLIP notebook's) does this
-per proposal with PIL at full resolution and lets CLIP's preprocessing shrink each view; its
-cost is one full-image blur, paste and resize per view. Here:
+For each proposal the visual-prompt method shows CLIP the *whole* image (spatial context is kept)
+with the proposal's rectangle sharp, the rest blurred (optionally also grayscale), and a red ellipse
+inscribed in the box. The straightforward renderer (tests/reference_visual_prompt.py) does this per
+proposal with PIL at full resolution and lets CLIP's preprocessing shrink each view; its cost is one
+full-image blur, paste and resize per view. Here:
 
 * each background (blurred, gray, ...) is computed once per image, at full resolution with the
   same extended-box blur PIL uses;
@@ -39,7 +39,7 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 @dataclass(frozen=True)
 class PromptStyle:
-    """How a proposal is shown. Defaults: the best settings of the CLIP notebook."""
+    """How a proposal is shown. Defaults: the best settings found for it (docs/methods.md)."""
 
     marker: str = "ellipse"
     color: tuple[int, int, int] = (255, 0, 0)

@@ -40,7 +40,7 @@ def _needs_timm(config: Any) -> bool:
 
 @PROPOSERS.register("detr")
 class DetrProposer(TransformersProposer):
-    """DETR proposals. Defaults: score >= 0.5 (as YOLO's confidence in METHODS.md), top 50."""
+    """DETR proposals. Defaults: score >= 0.5 (as YOLO's confidence in docs/methods.md), top 50."""
 
     name: ClassVar[str] = "detr"
     default_model: ClassVar[str] = "facebook/detr-resnet-50"

@@ -1,7 +1,7 @@
 """Grounding DINO: one text prompt per image, "head1 . head2 . head3 .", boxes matched to heads.
 
-Settings from METHODS.md (ERP-A): box threshold 0.1 (our ``score_threshold``), text threshold
-0.25, at most 50 detections by score.
+Settings of ERP-A (Liu et al. 2023; docs/methods.md): box threshold 0.1 (our ``score_threshold``),
+text threshold 0.25, at most 50 detections by score.
 
 Phrase-to-query matching is done on tokens, not on decoded strings: the prompt is built here,
 so the character span of every query is known, and the tokenizer's offsets map each text token

@@ -1,9 +1,10 @@
 """OWL-ViT / OWLv2: open-vocabulary detection conditioned on text queries (ERP-A's detector).
 
-Each image is queried with its own texts, formatted with ``template`` ("a photo of {}" per
-METHODS.md: that prompt raised the share of RefCOCOg samples with a detection from about 89% to
-96%). A box's score is its best query's sigmoid score and its label that query's raw text (not
-the templated prompt), so downstream code can match detections to entities by head noun.
+Each image is queried with its own texts, formatted with ``template`` ("a photo of {}"; Minderer et
+al. 2022, and docs/methods.md: that prompt raised the share of RefCOCOg samples with a detection
+from about 89% to 96%). A box's score is its best query's sigmoid score and its label that query's
+raw text (not the templated prompt), so downstream code can match detections to entities by head
+noun.
 
 Batching: the processor pads every image's query list to the longest one in the batch with
 ``" "`` queries, and transformers' OWL models do not mask them (their query mask tests
@@ -47,7 +48,7 @@ _CLASSES: dict[str, tuple[str, str]] = {
 class OwlVitProposer(TransformersProposer):
     """OWL-ViT (or OWLv2, by checkpoint) proposals for per-image text queries.
 
-    Defaults: score >= 0.1 (transformers' default threshold), at most 50 boxes (METHODS.md).
+    Defaults: score >= 0.1 (transformers' default threshold), at most 50 boxes (docs/methods.md).
     """
 
     name: ClassVar[str] = "owlvit"

@@ -1,6 +1,6 @@
 """YOLO through ultralytics (optional extra ``refground[yolo]``): the crop-rank baseline's detector.
 
-METHODS.md: the small variant at confidence 0.5; YOLOv8s gave about 4 points over YOLOv5s, so
+docs/methods.md: the small variant at confidence 0.5; YOLOv8s gave about 4 points over YOLOv5s, so
 ``yolov8s.pt`` is the default. ultralytics is imported only when the proposer is built, and it
 needs torchvision, which the CPU torch pinned here does not ship: install both to match your
 torch build. Queries are ignored (YOLO is closed-vocabulary); labels are its class names.
