@@ -4,9 +4,10 @@ threads sharing one Grounder get what a sequential caller gets. Nothing is mocke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from PIL import Image
 from refground import Grounder
 from refground.api import MAX_TEXT_CHARS, as_pil
 from refground.errors import BoxError, ImageError, InputError
-from refground.types import Sample
+from refground.images import decode_images
+from refground.types import ImageSource, Sample
 from tests.conftest import synthref_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,11 +30,9 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
 
 
 @pytest.fixture(scope="module")
-def grounder() -> Iterator[Grounder]:
+def grounder() -> Grounder:
     """crop-rank with the shipped SynthRef CLIP and gt proposals (the offline setting)."""
-    loaded = Grounder.load("crop-rank")
-    yield loaded
-    loaded.close()
+    return Grounder.load("crop-rank")
 
 
 def boxes_of(sample: Sample) -> list[tuple[float, float, float, float]]:
@@ -165,7 +165,6 @@ def test_without_boxes_or_a_detector_a_grounder_asks_for_boxes(samples: list[Sam
     grounder = Grounder.load("crop-rank", detector=None)
     with pytest.raises(InputError, match=r"crop-rank chooses among candidate boxes.*boxes="):
         grounder.ground(samples[0].image_path, samples[0].expression)
-    grounder.close()
 
 
 def test_without_boxes_the_default_detector_proposes_them(grounder: Grounder,
@@ -192,15 +191,12 @@ def test_a_regressor_needs_no_boxes(tiny_clip: Path, samples: list[Sample]) -> N
             "clip_channels": 8, "cnn_channels": 8, "fused_dim": 16, "hidden": 16,
             "dropout": 0.0}
     grounder = Grounder.load("regressor", clip=str(tiny_clip), **tiny)
-    try:
-        sample = samples[0]
-        prediction = grounder.ground(sample.image_path, sample.expression)
-        x0, y0, x1, y1 = prediction.box
-        assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
-        assert grounder.ground(np.asarray(Image.open(sample.image_path)),
-                               sample.expression) == prediction
-    finally:
-        grounder.close()
+    sample = samples[0]
+    prediction = grounder.ground(sample.image_path, sample.expression)
+    x0, y0, x1, y1 = prediction.box
+    assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
+    assert grounder.ground(np.asarray(Image.open(sample.image_path)),
+                           sample.expression) == prediction
 
 
 def test_erpa_with_gt_proposals_takes_boxes_or_the_detectors(tiny_clip: Path,
@@ -209,26 +205,72 @@ def test_erpa_with_gt_proposals_takes_boxes_or_the_detectors(tiny_clip: Path,
     options = {"clip": str(tiny_clip), "hidden": 16, "heads": 2, "decoder_layers": 1,
                "encoder_layers": 1, "dropout": 0.0, "parser_backend": "rules"}
     strict = Grounder.load("erpa", detector=None, **options)
-    try:
-        with pytest.raises(InputError, match=r"erpa .*pass boxes=\[\[x0, y0, x1, y1\]"):
-            strict.ground(samples[0].image_path, samples[0].expression)
-    finally:
-        strict.close()
+    with pytest.raises(InputError, match=r"erpa .*pass boxes=\[\[x0, y0, x1, y1\]"):
+        strict.ground(samples[0].image_path, samples[0].expression)
     torch.manual_seed(0)
     grounder = Grounder.load("erpa", **options)
-    try:
-        sample = samples[0]
-        detected = grounder.ground(sample.image_path, sample.expression)
-        x0, y0, x1, y1 = detected.box
-        assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
-        # what erpa chose among: the detector's boxes, as the sample's candidates
-        bare = grounder.sample(0, sample.image_path, sample.expression, None)
-        [filled] = grounder.detect_missing([bare], [0])
-        [found] = grounder.detector_proposer().propose([Image.open(sample.image_path)], [bare])
-        assert [a.box for a in filled.annotations] == [c.box for c in found.candidates()]
-        assert len(filled.annotations) >= len(sample.annotations)
-        prediction = grounder.ground(sample.image_path, sample.expression, boxes_of(sample))
-        x0, y0, x1, y1 = prediction.box
-        assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
-    finally:
-        grounder.close()
+    sample = samples[0]
+    detected = grounder.ground(sample.image_path, sample.expression)
+    x0, y0, x1, y1 = detected.box
+    assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
+    # what erpa chose among: the detector's boxes, as the sample's candidates
+    bare = grounder.sample(0, sample.image_path, sample.expression, None)
+    [filled] = grounder.detect_missing([bare], [0])
+    [found] = grounder.detector_proposer().propose([Image.open(sample.image_path)], [bare])
+    assert [a.box for a in filled.annotations] == [c.box for c in found.candidates()]
+    assert len(filled.annotations) >= len(sample.annotations)
+    prediction = grounder.ground(sample.image_path, sample.expression, boxes_of(sample))
+    x0, y0, x1, y1 = prediction.box
+    assert 0 <= x0 <= x1 <= sample.width and 0 <= y0 <= y1 <= sample.height
+
+
+# --- one decode per image, nothing on disk ----------------------------------------------------
+
+def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every file PIL opens from now on (decoding starts with Image.open)."""
+    opened: list[str] = []
+    real_open = Image.open
+
+    def counting_open(source: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        opened.append(str(getattr(source, "name", source)))
+        return real_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def test_a_batch_decodes_each_image_once_and_reuses_decoded_ones(
+        samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+    sample = samples[0]
+    others = [s for s in samples if s.image_path == sample.image_path]
+    assert len(others) >= 2  # SynthRef asks several expressions per image
+    opened = count_opens(monkeypatch)
+    images = decode_images(others)
+    assert opened == [str(sample.image_path)]
+    assert all(image is images[0] for image in images)
+    # an image that arrives decoded is used as it is: no file is opened
+    in_memory = ImageSource.memory(images[0])
+    assert decode_images([Sample("m", in_memory, sample.width, sample.height, "x")]) == [
+        images[0]]
+    assert len(opened) == 1
+    # the same pixels given twice are one image; other pixels are another
+    assert ImageSource.memory(images[0].copy()) == in_memory
+    assert ImageSource.memory(images[0].rotate(90)).key != in_memory.key
+
+
+def test_grounding_decodes_once_for_detector_and_method_and_writes_nothing(
+        grounder: Grounder, samples: list[Sample], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Without boxes the detector runs first; it and the method share the Grounder's decode,
+    and an in-memory image is never written anywhere (no temporary PNG)."""
+    sample = samples[0]
+    opened = count_opens(monkeypatch)
+    by_path = grounder.ground(sample.image_path, sample.expression)
+    assert opened == [str(sample.image_path)]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pil = Image.open(sample.image_path).convert("RGB")
+    opened.clear()
+    assert grounder.ground(pil, sample.expression) == by_path
+    assert opened == [] and list(tmp_path.iterdir()) == []
+    built = grounder.sample(0, pil, sample.expression, None)
+    assert built.image_path is None and built.image.key.startswith("memory:")

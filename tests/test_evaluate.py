@@ -32,7 +32,7 @@ def make_samples(n: int, seed: int = 0) -> list[Sample]:
                                    rng.choice([1, 2]), rng.choice(["a", "b"])))
         target = rng.choice(anns)
         samples.append(Sample(
-            sample_id=f"s{i}", image_path=Path(f"img{i}.png"), width=300, height=240,
+            sample_id=f"s{i}", image=Path(f"img{i}.png"), width=300, height=240,
             expression=f"thing {i}", gt_box=target.box, ann_id=target.ann_id,
             category_id=target.category_id, annotations=tuple(anns),
             expression_type=rng.choice(["attribute", "relation", None]),

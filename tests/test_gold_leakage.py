@@ -38,7 +38,7 @@ from tests.tiny_detectors import save_tiny_owlvit
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: Sample fields a method may read at predict time (``annotations``: their boxes only).
-ALLOWED = frozenset({"sample_id", "image_path", "width", "height", "expression", "annotations"})
+ALLOWED = frozenset({"sample_id", "image", "width", "height", "expression", "annotations"})
 #: Gold fields the scramble changes; together with ALLOWED, every field of Sample.
 GOLD = frozenset({"gt_box", "image_id", "ann_id", "ref_id", "sent_id", "category_id",
                   "expression_type", "graph"})

@@ -1,7 +1,7 @@
 """The server against hostile clients: a request picks among the served methods and sets only
 allowlisted options, so it cannot list a directory, create a file, probe a path, start a
 download or read a server path in an answer; a fuzz run of random requests gets no 5xx and
-writes nothing outside the server's temporary folder."""
+writes nothing anywhere."""
 
 from __future__ import annotations
 
@@ -263,13 +263,13 @@ def test_deep_errors_are_generic_for_clients_and_logged_in_full(
 
 
 class ImageComplaint:
-    """A model whose image reader fails, naming the file it was given (as load_image does)."""
+    """A model whose image reader fails, naming the image it was given (as load_image does)."""
 
     def ground(self, image: Any, text: str, boxes: Any = None) -> Prediction:
         raise ImageError(f"cannot read image {image}: broken data stream")
 
 
-def test_client_errors_while_grounding_do_not_show_the_temp_path() -> None:
+def test_client_errors_while_grounding_name_the_upload_not_its_internals() -> None:
     cache = GrounderCache(loader=lambda method, **options: ImageComplaint())
     app = create_app(VISUAL_PROMPT, cache)
     with TestClient(app) as client:
@@ -277,7 +277,7 @@ def test_client_errors_while_grounding_do_not_show_the_temp_path() -> None:
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert "broken data stream" in detail and "the uploaded image" in detail
-    assert app.state.service.workdir.name not in detail and tempfile.gettempdir() not in detail
+    assert tempfile.gettempdir() not in detail and "PIL" not in detail
 
 
 class Fixed:
@@ -547,7 +547,7 @@ def test_fuzzed_requests_never_get_a_5xx_nor_write_files(
     """Random multipart requests (seeded) against center, largest and a real tiny-CLIP
     visual-prompt: every answer is < 500 and holds no operator path, and nothing is written to
     the working directory, HOME, the folder the options point at, or the temporary folder
-    (where the server's upload files are deleted after each request)."""
+    (uploads stay in memory)."""
     home, cwd, tmp, watched = (tmp_path / name for name in ("home", "cwd", "tmp", "watched"))
     for folder in (home, cwd, tmp, watched / "sub"):
         folder.mkdir(parents=True)

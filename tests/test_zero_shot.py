@@ -141,7 +141,7 @@ def test_bad_options_unknown_models_and_images(encoder: ClipEncoder, samples: li
         build_method("crop-rank", clip=str(tmp_path / "no-such-clip"))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
-    sample = Sample(**{**samples[0].__dict__, "image_path": broken})
+    sample = Sample(**{**samples[0].__dict__, "image": broken})
     with pytest.raises(ImageError, match=r"broken\.png"):
         CropRank(encoders=[encoder]).predict([sample])
     assert issubclass(CropRank, ProposalScoringMethod)

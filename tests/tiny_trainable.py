@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refground.devices import AUTO, DeviceSpec
+from refground.images import ImageInput, decode_images
 from refground.methods.trainable import (
     Batch,
     MethodConfig,
@@ -53,8 +54,8 @@ class TinyCollator:
     nan_word: str | None
     features: dict[str, FeatureTable] = field(default_factory=dict)
 
-    def pixels(self, paths: Sequence[Path]) -> Tensor:
-        return torch.stack([image_tensor(p, self.image_size) for p in paths])
+    def pixels(self, images: Sequence[ImageInput]) -> Tensor:
+        return torch.stack([image_tensor(image, self.image_size) for image in images])
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         words = [s.expression.lower().split() for s in samples]
@@ -78,7 +79,7 @@ class TinyCollator:
         keys = [image_key(s.image_path) for s in samples]
         if table is not None and table.has_all(keys):
             return table.gather(keys)["pixels"]
-        return self.pixels([s.image_path for s in samples])
+        return self.pixels(decode_images(samples))
 
 
 class TinyModel(nn.Module):

@@ -1,10 +1,11 @@
 """The Python API for grounding your own images: ``Grounder.load(...).ground(image, text)``.
 
-Methods work on :class:`~refground.types.Sample` values that point at image files, the same
-values the evaluation harness feeds them, so an image given in memory (PIL, numpy array,
-encoded bytes) is written once to a private temporary directory as PNG and the method reads
-it from there like any dataset image. Nothing else about a method changes between
-``refground eval`` and ``Grounder.ground``.
+Methods work on :class:`~refground.types.Sample` values, the same values the evaluation
+harness feeds them. Each input image is decoded once, here, and travels in its sample
+(:class:`~refground.types.ImageSource`: the file when there is one, and the decoded pixels),
+so the detector and the method use those pixels instead of decoding again, and an image given
+in memory (PIL, numpy array, encoded bytes) never touches the disk. Nothing else about a
+method changes between ``refground eval`` and ``Grounder.ground``.
 
 Methods that choose among proposals need candidate boxes. Pass them as ``boxes=``; without
 them the Grounder's ``detector`` (``"auto"``: the default detector, the shipped
@@ -14,10 +15,6 @@ A method built with its own detector proposer (``proposals="owlvit"``, ...) dete
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -30,15 +27,15 @@ from PIL import Image
 from refground import boxes as B
 from refground.defaults import DEFAULT_DETECTOR, DEFAULT_METHOD
 from refground.errors import BoxError, ImageError, InputError
-from refground.images import load_image
+from refground.images import decode_images, load_image
 from refground.methods.base import Method, build_method
-from refground.types import Annotation, Prediction, Sample
+from refground.types import Annotation, ImageSource, Prediction, Sample
 
 #: Longest expression accepted: referring expressions are a sentence, not a document.
 MAX_TEXT_CHARS = 1000
 
 
-GroundImage = str | Path | bytes | Image.Image | np.ndarray
+GroundImage = str | Path | bytes | Image.Image | np.ndarray | ImageSource
 BoxLike = Sequence[float]
 
 
@@ -57,6 +54,8 @@ def check_text(text: object) -> str:
 
 def as_pil(image: GroundImage) -> Image.Image:
     """Any accepted image input as an RGB PIL image (arrays: HxW or HxWxC, uint8 or [0, 1])."""
+    if isinstance(image, ImageSource):
+        return load_image(image.decoded if image.decoded is not None else image.path)
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[2] == 1:
@@ -108,9 +107,7 @@ class Grounder:
 
     method: Method
     method_name: str
-    workdir: Path
     _lock: Any
-    _cleanup: Any
     #: Proposer name for candidate boxes when none are given (None: boxes are required).
     detector: str | None = DEFAULT_DETECTOR
     #: Options of that proposer (``model``, ``top_k``, ...).
@@ -124,9 +121,7 @@ class Grounder:
         ``detector`` (a proposer name, with ``detector_options``) finds candidate boxes for
         inputs given without them."""
         built = build_method(method, **options)
-        temporary = tempfile.TemporaryDirectory(prefix="refground-")
-        return cls(built, method, Path(temporary.name), threading.Lock(), temporary, detector,
-                   dict(detector_options or {}))
+        return cls(built, method, threading.Lock(), detector, dict(detector_options or {}))
 
     def ground(self, image: GroundImage, text: str,
                boxes: Sequence[BoxLike] | None = None) -> Prediction:
@@ -155,19 +150,20 @@ class Grounder:
         if not self.method.needs_annotations or not missing:
             return samples
         detector = self.detector_proposer()
-        by_path: dict[Path, Sample] = {}
+        by_image: dict[str, Sample] = {}
         for i in missing:
-            by_path.setdefault(samples[i].image_path, samples[i])
-        found = detector.propose([load_image(p) for p in by_path], list(by_path.values()))
+            by_image.setdefault(samples[i].image.key, samples[i])
+        distinct = list(by_image.values())
+        found = detector.propose(decode_images(distinct), distinct)
         # nothing detected: no candidates, so the method's own whole-image fallback (recorded
         # in the prediction) applies, not a whole-image box posing as a detection
-        detected = {path: () if props.fallback is not None else tuple(
+        detected = {key: () if props.fallback is not None else tuple(
                         Annotation(ann_id=k, box=c.box, category_id=0, category=c.label)
                         for k, c in enumerate(props.candidates()))
-                    for path, props in zip(by_path, found, strict=True)}
+                    for key, props in zip(by_image, found, strict=True)}
         out = list(samples)
         for i in missing:
-            out[i] = replace(samples[i], annotations=detected[samples[i].image_path])
+            out[i] = replace(samples[i], annotations=detected[samples[i].image.key])
         return out
 
     def detector_proposer(self) -> Any:
@@ -188,14 +184,19 @@ class Grounder:
 
     def sample(self, index: int, image: GroundImage, text: str,
                boxes: Sequence[BoxLike] | None) -> Sample:
-        """A Sample for one input: image stored (or pointed at), text and boxes checked."""
+        """A Sample for one input: image decoded (once; the sample carries the pixels), text
+        and boxes checked."""
         expression = check_text(text)
-        if isinstance(image, (str, Path)):
-            path = Path(image)
-            pil = load_image(path)
+        if isinstance(image, ImageSource):  # a caller that decoded it already (the CLI)
+            source = image if image.decoded is not None else replace(
+                image, decoded=load_image(image.path))
+            pil = source.decoded
+        elif isinstance(image, (str, Path)):
+            pil = load_image(image)
+            source = ImageSource.file(image, pil)
         else:
             pil = as_pil(image)
-            path = self.store(pil)
+            source = ImageSource.memory(pil)
         annotations: tuple[Annotation, ...] = ()
         if boxes is not None:
             annotations = tuple(Annotation(ann_id=k, box=box, category_id=0, category="object")
@@ -203,25 +204,5 @@ class Grounder:
                                                                     pil.height)))
         elif self.method.needs_annotations and self.detector is None:
             self.detector_proposer()  # raises: boxes are needed
-        return Sample(sample_id=str(index), image_path=path, width=pil.width, height=pil.height,
+        return Sample(sample_id=str(index), image=source, width=pil.width, height=pil.height,
                       expression=expression, annotations=annotations)
-
-    def store(self, image: Image.Image) -> Path:
-        """Write an in-memory image as PNG under the work directory (once per content).
-
-        Written to a private name and renamed into place: another thread grounding the same
-        image sees either no file (and writes its own) or a complete one, never a half-written
-        PNG that the method would fail to decode."""
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data = buffer.getvalue()
-        path = self.workdir / f"{hashlib.sha1(data).hexdigest()}.png"
-        if not path.exists():
-            partial = path.with_name(f"{path.stem}.{threading.get_ident()}.part")
-            partial.write_bytes(data)
-            os.replace(partial, path)
-        return path
-
-    def close(self) -> None:
-        """Delete the temporary images (also done when the Grounder is garbage-collected)."""
-        self._cleanup.cleanup()

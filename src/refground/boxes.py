@@ -62,6 +62,17 @@ def to_tuple(box: Tensor | Sequence[float]) -> BoxTuple:
     return (x0, y0, x1, y1)
 
 
+def image_boxes_key(image: str, boxes: Tensor) -> str:
+    """The identity of some boxes on one image: the image's key and the boxes' float32 bytes.
+
+    What CLIP sees of a box (its crop, its marked view) depends on the image and the box, not
+    on the expression, and the protocol asks several expressions of each image; work keyed by
+    this is done once. One box ``(4,)`` or several ``(N, 4)``; also the row key of the crop
+    feature tables, so it must not change.
+    """
+    return f"{image}|{boxes.detach().to('cpu', torch.float32).numpy().tobytes().hex()}"
+
+
 # --- format conversions -----------------------------------------------------------------------
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:

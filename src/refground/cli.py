@@ -461,18 +461,16 @@ def predict(
     candidates, fallback) and, with --out, write a picture of it."""
     from refground.api import Grounder, check_text
     from refground.images import load_image
+    from refground.types import ImageSource
 
     expression = check_text(text)
     candidate_boxes = _parse_boxes(boxes, boxes_file)
-    picture = load_image(image)  # a missing or unreadable image fails before the model loads
+    # decoded once, before the model loads: a missing or unreadable image fails fast
+    picture = ImageSource.file(image, load_image(image))
     options = parse_options(option)
     if proposals is not None:
         options["proposals"] = proposals
-    grounder = Grounder.load(method, **options)
-    try:
-        prediction = grounder.ground(image, expression, candidate_boxes)
-    finally:
-        grounder.close()
+    prediction = Grounder.load(method, **options).ground(picture, expression, candidate_boxes)
     typer.echo(json.dumps(_prediction_json(prediction, method, image, expression), indent=2))
     if out is not None:
         from refground.viz.draw import draw_prediction

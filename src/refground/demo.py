@@ -83,17 +83,14 @@ def ground_examples(samples: Sequence[Sample], out: Path, count: int = 4) -> lis
     grounder = Grounder.load(EXAMPLE_METHOD)
     out.mkdir(parents=True, exist_ok=True)
     examples = []
-    try:
-        for index, sample in enumerate(chosen[:count]):
-            boxes = [annotation.box for annotation in sample.annotations]
-            prediction = grounder.ground(sample.image_path, sample.expression, boxes=boxes)
-            picture = out / f"{index:02d}-{sample.expression_type or 'expression'}.png"
-            draw_prediction(sample.image_path, prediction, sample.expression).save(picture)
-            iou = float(B.iou(B.as_tensor([prediction.box]), B.as_tensor([sample.gt_box]))[0])
-            examples.append(GroundedExample(sample.expression, sample.expression_type, iou,
-                                            picture))
-    finally:
-        grounder.close()
+    for index, sample in enumerate(chosen[:count]):
+        boxes = [annotation.box for annotation in sample.annotations]
+        prediction = grounder.ground(sample.image_path, sample.expression, boxes=boxes)
+        picture = out / f"{index:02d}-{sample.expression_type or 'expression'}.png"
+        draw_prediction(sample.image_path, prediction, sample.expression).save(picture)
+        iou = float(B.iou(B.as_tensor([prediction.box]), B.as_tensor([sample.gt_box]))[0])
+        examples.append(GroundedExample(sample.expression, sample.expression_type, iou,
+                                        picture))
     return examples
 
 

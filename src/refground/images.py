@@ -1,14 +1,17 @@
-"""Reading images safely: one place that turns a file into an RGB PIL image or a clear error."""
+"""Reading images safely: one place that turns a file into an RGB PIL image or a clear error,
+and a batch of samples into their decoded images, each decoded once."""
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from refground.errors import ImageError
+from refground.types import Sample
 
 # Decompression bombs: PIL warns above this many pixels and raises above twice it; we refuse
 # anything above it outright, so a hostile file cannot exhaust memory.
@@ -41,3 +44,20 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"cannot read image {name}: {exc}") from exc
+
+
+def decode_images(samples: Sequence[Sample]) -> list[Image.Image]:
+    """Each sample's image as RGB, decoded once per distinct image of the batch.
+
+    Datasets give several expressions per image, and a batch often holds them together; an
+    image that arrived decoded (:class:`~refground.types.ImageSource` with pixels, as the
+    Python API and the server hand them over) is not decoded again. Every consumer of a batch
+    (proposer, renderer, collator) takes its pixels from here.
+    """
+    decoded: dict[str, Image.Image] = {}
+    for sample in samples:
+        source = sample.image
+        if source.key not in decoded:
+            decoded[source.key] = (source.decoded if source.decoded is not None
+                                   else load_image(source.path))
+    return [decoded[sample.image.key] for sample in samples]

@@ -7,9 +7,13 @@ turns them into tensors with :func:`refground.boxes.as_tensor`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # PIL only for the annotation: values stay importable without it
+    from PIL import Image
 
 BoxTuple = tuple[float, float, float, float]
 
@@ -82,14 +86,43 @@ class Annotation:
 
 
 @dataclass(frozen=True)
+class ImageSource:
+    """Where a sample's pixels come from: an image file, an image already decoded in memory,
+    or both (a file the caller has decoded once, e.g. to learn its size).
+
+    ``key`` is the image's identity within a run: what batches de-duplicate by, so that an
+    image shown with several expressions is decoded and encoded once. A file's key is its
+    path; an in-memory image's is a digest of its pixels, so the same picture handed twice is
+    one image. The decoded pixels take no part in equality or hashing.
+    """
+
+    key: str
+    path: Path | None = None
+    decoded: Image.Image | None = field(default=None, compare=False, hash=False, repr=False)
+
+    @classmethod
+    def file(cls, path: str | Path, decoded: Image.Image | None = None) -> ImageSource:
+        """An image file (``decoded``: its RGB pixels, when the caller has them already)."""
+        return cls(str(path), Path(path), decoded)
+
+    @classmethod
+    def memory(cls, image: Image.Image) -> ImageSource:
+        """A decoded RGB image with no file behind it (an upload, a numpy array)."""
+        digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())
+        return cls(f"memory:{digest.hexdigest()}", None, image)
+
+
+@dataclass(frozen=True)
 class Sample:
     """One evaluation unit: an image, one expression, and (when known) the box it names.
 
     A REFER ref with three sentences gives three samples, as in the papers' protocol.
+    ``image`` may be given as a path; it is stored as an :class:`ImageSource`.
     """
 
     sample_id: str
-    image_path: Path
+    image: ImageSource
     width: int
     height: int
     expression: str
@@ -102,6 +135,15 @@ class Sample:
     annotations: tuple[Annotation, ...] = ()
     expression_type: str | None = None
     graph: SceneGraph | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, ImageSource):  # a path: the common case, kept short
+            object.__setattr__(self, "image", ImageSource.file(self.image))
+
+    @property
+    def image_path(self) -> Path | None:
+        """The image's file, or None for an image given in memory."""
+        return self.image.path
 
     @property
     def category(self) -> str | None:

@@ -169,7 +169,7 @@ def _samples_of_ref(
         sent_id = sentence.get("sent_id")
         samples.append(Sample(
             sample_id=f"{ref['ref_id']}:{sent_id}",
-            image_path=image_path,
+            image=image_path,
             width=image.width,
             height=image.height,
             expression=text,

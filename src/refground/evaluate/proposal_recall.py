@@ -8,7 +8,6 @@ Acc@0.5 is), at each IoU threshold and each k; proposals are best first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,24 +51,24 @@ def proposer_recall(proposer: Any, samples: Sequence[Sample], ks: Sequence[int] 
     decoded beforehand)."""
     import time
 
-    from refground.images import load_image
+    from refground.images import decode_images
 
-    by_image: dict[Path, Sample] = {}
+    by_image: dict[str, Sample] = {}
     for sample in samples:
-        by_image.setdefault(sample.image_path, sample)
+        by_image.setdefault(sample.image.key, sample)
     images = list(by_image.values())
-    found: dict[Path, torch.Tensor] = {}
+    found: dict[str, torch.Tensor] = {}
     seconds = 0.0
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        pils = [load_image(s.image_path) for s in chunk]
+        pils = decode_images(chunk)
         began = time.perf_counter()
         proposals = proposer.propose(pils, chunk)
         seconds += time.perf_counter() - began
         for sample, props in zip(chunk, proposals, strict=True):
-            found[sample.image_path] = props.boxes
+            found[sample.image.key] = props.boxes
     scored = [s for s in samples if s.gt_box is not None]
-    result = referent_recall([found[s.image_path] for s in scored], [s.gt_box for s in scored],
+    result = referent_recall([found[s.image.key] for s in scored], [s.gt_box for s in scored],
                              ks, thresholds)
     result["images"] = len(images)
     result["proposals_per_image"] = (sum(len(b) for b in found.values()) / len(images)

@@ -53,7 +53,7 @@ class EvalRecord:
             ann_id=sample.ann_id,
             ref_id=sample.ref_id,
             sent_id=sample.sent_id,
-            image_path=str(sample.image_path),
+            image_path=None if sample.image_path is None else str(sample.image_path),
             expression_type=sample.expression_type,
             category=sample.category,
             distractors=sample.distractors,

@@ -32,7 +32,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 
 from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError
+from refground.images import ImageInput, decode_images
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
     Batch,
@@ -381,10 +381,11 @@ class DetrCollator:
     max_length: int
     features: dict[str, FeatureTable] = field(default_factory=dict)
 
-    def pixels(self, paths: Sequence[Path]) -> Tensor:
+    def pixels(self, images: Sequence[ImageInput]) -> Tensor:
         mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
-        return (torch.stack([image_tensor(p, self.image_size) for p in paths]) - mean) / std
+        squashed = torch.stack([image_tensor(image, self.image_size) for image in images])
+        return (squashed - mean) / std
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         batch = self.cached(samples) if self.features else None
@@ -392,7 +393,7 @@ class DetrCollator:
             tokens = self.tokenizer([s.expression for s in samples], padding=True,
                                     truncation=True, max_length=self.max_length,
                                     return_tensors="pt")
-            batch = {"pixels": self.pixels([s.image_path for s in samples]),
+            batch = {"pixels": self.pixels(decode_images(samples)),
                      "input_ids": tokens["input_ids"],
                      "attention_mask": tokens["attention_mask"]}
         batch["size"] = image_sizes(samples)

@@ -77,7 +77,7 @@ from refground import boxes as B
 from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
-from refground.images import load_image
+from refground.images import decode_images
 from refground.language.queries import entity_phrase
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.trainable import (
@@ -101,7 +101,6 @@ from refground.vision.feature_groups import (
     clip_identity,
     clip_image_group,
     clip_text_group,
-    crop_key,
 )
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
@@ -359,23 +358,19 @@ class ErpaCollator:
 
     def computed(self, samples: Sequence[Sample], graphs: Sequence[SceneGraph],
                  texts: Sequence[str]) -> Batch:
-        decoded: dict[Path, Image.Image] = {}
-        for sample in samples:
-            if sample.image_path not in decoded:
-                decoded[sample.image_path] = load_image(sample.image_path)
-        images = [decoded[s.image_path] for s in samples]
-        keys = [str(s.image_path) for s in samples]
+        images = decode_images(samples)
+        keys = [s.image.key for s in samples]
         batch, layouts = self.layout(samples, graphs, texts,
                                      self.detections(images, samples, graphs), keys)
         tokens = self.tokenizer(list(texts), padding=True, truncation=True,
                                 max_length=self.max_length, return_tensors="pt")
-        pixels = {path: pil_to_tensor(image) for path, image in decoded.items()}
+        pixels = {key: pil_to_tensor(image) for key, image in zip(keys, images, strict=True)}
         batch["pixels"] = preprocess_tensor(list(pixels.values()), self.preprocess)
         batch["input_ids"] = tokens["input_ids"]
         batch["attention_mask"] = tokens["attention_mask"]
         if self.config.node_crops:
             batch["crops"], batch["node_crop"] = self.crops(
-                [pixels[s.image_path] for s in samples],
+                [pixels[key] for key in keys],
                 [lay.node_pixels for lay in layouts], keys)
         return batch
 
@@ -412,13 +407,14 @@ class ErpaCollator:
 
 def crop_index(node_pixels: Sequence[Tensor], keys: Sequence[str]
                ) -> tuple[dict[str, tuple[int, Tensor]], Tensor]:
-    """Every distinct (image, box) of a batch, keyed by :func:`crop_key` in first-seen order
-    (value: a sample showing it and the box), and each node's index among them ``(B, N)``."""
+    """Every distinct (image, box) of a batch, keyed by
+    :func:`~refground.boxes.image_boxes_key` in first-seen order (value: a sample showing it
+    and the box), and each node's index among them ``(B, N)``."""
     distinct: dict[str, tuple[int, Tensor]] = {}
     order: dict[str, int] = {}
     rows = []
     for sample, (boxes, key) in enumerate(zip(node_pixels, keys, strict=True)):
-        names = [crop_key(key, box) for box in boxes]
+        names = [B.image_boxes_key(key, box) for box in boxes]
         for name, box in zip(names, boxes, strict=True):
             if name not in order:
                 order[name] = len(order)

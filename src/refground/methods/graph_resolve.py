@@ -526,10 +526,10 @@ class GraphResolve(Method):
               ) -> tuple[list[_Plan], list[ScoringItem]]:
         """One scorer query per distinct (image, boxes, text), generic entities skipped."""
         queries: list[ScoringItem] = []
-        seen: dict[tuple[Path, bytes, str], int] = {}
+        seen: dict[tuple[str, str], int] = {}
 
         def query(item: ScoringItem, text: str) -> int:
-            key = (item.sample.image_path, item.proposals.boxes.numpy().tobytes(), text)
+            key = (B.image_boxes_key(item.sample.image.key, item.proposals.boxes), text)
             if key not in seen:
                 seen[key] = len(queries)
                 queries.append(replace(item, sample=replace(item.sample, expression=text)))

@@ -9,17 +9,15 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from refground import boxes as B
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
-from refground.images import load_image
+from refground.images import decode_images
 from refground.methods.base import Method
 from refground.types import Prediction, Sample
 from refground.vision.clip import ClipEncoder
@@ -93,16 +91,12 @@ class ProposalScoringMethod(Method):
         (another parser backend, a dataset's graph cache) passes their heads here
         (:func:`~refground.vision.proposals.graph_queries`).
         """
-        decoded: dict[Path, tuple[Image.Image, Tensor]] = {}
-        for sample in samples:
-            if sample.image_path not in decoded:
-                image = load_image(sample.image_path)
-                decoded[sample.image_path] = (image, pil_to_tensor(image).float() / 255)
-        images = [decoded[sample.image_path][0] for sample in samples]
+        images = decode_images(samples)
+        pixels = {id(image): pil_to_tensor(image).float() / 255 for image in images}
         proposals = self.proposer.propose(images, samples, queries)
         return [
-            ScoringItem(sample, decoded[sample.image_path][1], props)
-            for sample, props in zip(samples, proposals, strict=True)
+            ScoringItem(sample, pixels[id(image)], props)
+            for sample, image, props in zip(samples, images, proposals, strict=True)
         ]
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
@@ -124,8 +118,8 @@ def features_per_item(items: Sequence[ScoringItem],
     an image and boxes share one encoding. ``encode(unique_items)`` returns the stacked
     features of those items, in order, ``rows_per_item`` rows each.
     """
-    keys = [(item.sample.image_path, item.proposals.boxes.numpy().tobytes()) for item in items]
-    index: dict[tuple[Path, bytes], int] = {}
+    keys = [B.image_boxes_key(item.sample.image.key, item.proposals.boxes) for item in items]
+    index: dict[str, int] = {}
     unique: list[ScoringItem] = []
     for key, item in zip(keys, items, strict=True):
         if key not in index:

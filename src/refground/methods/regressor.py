@@ -42,7 +42,6 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -53,6 +52,7 @@ from torch import Tensor, nn
 from refground import boxes as B
 from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
+from refground.images import decode_images
 from refground.methods.base import METHODS
 from refground.methods.trainable import (
     Batch,
@@ -86,6 +86,7 @@ from refground.vision.hrnet import (
 )
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
+    pil_to_tensor,
     preprocess_tensor,
     squash_config,
 )
@@ -167,12 +168,7 @@ class RegressorCollator:
         return batch
 
     def computed(self, samples: Sequence[Sample]) -> Batch:
-        decoded: dict[Path, Tensor] = {}
-        images = []
-        for sample in samples:
-            if sample.image_path not in decoded:
-                decoded[sample.image_path] = decode(sample.image_path)
-            images.append(decoded[sample.image_path])
+        images = [pil_to_tensor(image) for image in decode_images(samples)]
         tokens = self.tokenizer([s.expression for s in samples], padding=True, truncation=True,
                                 max_length=self.max_length, return_tensors="pt")
         return {"clip_pixels": preprocess_tensor(images, self.clip_preprocess),

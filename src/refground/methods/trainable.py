@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from refground import boxes as B
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError, ModelLoadError, validation_problems
-from refground.images import load_image
+from refground.images import ImageInput, load_image
 from refground.methods.base import DatasetInfo, Method
 from refground.types import Prediction, Sample
 from refground.vision.feature_cache import (
@@ -74,13 +74,14 @@ def parse_config(config_type: type[ConfigT], options: Mapping[str, Any], what: s
         raise ConfigError(f"invalid options for {what}: {validation_problems(exc)}") from None
 
 
-def image_tensor(path: Path, size: int) -> Tensor:
-    """The image at ``path`` squashed to ``size x size``, float in [0, 1], ``(3, size, size)``.
+def image_tensor(image: ImageInput, size: int) -> Tensor:
+    """An image (a file or decoded) squashed to ``size x size``, float in [0, 1],
+    ``(3, size, size)``.
 
     Squashing (not cropping) keeps every object in view; boxes are predicted normalised to the
     image, so the aspect change is undone when they are scaled back to pixels.
     """
-    image = load_image(path).resize((size, size), resample=3)  # bicubic
+    image = load_image(image).resize((size, size), resample=3)  # bicubic
     return pil_to_tensor(image).float().div_(255.0)
 
 

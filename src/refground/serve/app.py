@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel
 
 from refground.api import check_boxes, check_text
@@ -153,8 +153,6 @@ class GroundService:
         self.config = config
         self.cache = cache
         self.limiter = anyio.CapacityLimiter(config.concurrency)
-        # each upload's file is deleted after its request; the empty directory goes at exit
-        self.workdir = tempfile.TemporaryDirectory(prefix="refground-serve-")
         self.served = config.served
 
     def resolve(self, method: str | None, options: dict[str, Any]
@@ -206,37 +204,30 @@ class GroundService:
 
     def run(self, data: bytes, expression: str, method: str, options: dict[str, Any],
             client: dict[str, Any], boxes: Sequence[Sequence[float]] | None) -> GroundResponse:
-        """Decode, check boxes against the image, get the model, ground (in a worker thread)."""
+        """Decode, check boxes against the image, get the model, ground (in a worker thread).
+
+        The upload is decoded once, here, and handed on in memory: nothing is written to disk.
+        Boxes are checked before the model is fetched, so a bad request never loads one."""
         start = time.perf_counter()
-        image, rotated = decode_image(data, self.config.max_pixels)
+        image = decode_image(data, self.config.max_pixels)
         if boxes is not None:
             check_boxes(boxes, image.width, image.height)
         model = self.load(method, options, client)
-        # A file of our own, deleted afterwards: handing the Grounder in-memory images would
-        # keep a PNG of every upload in its work directory for the life of the server.
-        with tempfile.NamedTemporaryFile(dir=self.workdir.name, suffix=".png" if rotated
-                                         else ".img") as stream:
-            if rotated:
-                image.save(stream, format="PNG")
-            else:
-                stream.write(data)
-            stream.flush()
-            prediction = self.predict(model, method, Path(stream.name), expression, boxes)
+        prediction = self.predict(model, method, image, expression, boxes)
         return to_response(prediction, method, image.width, image.height, expression,
                            time.perf_counter() - start)
 
-    def predict(self, model: GrounderLike, method: str, path: Path, expression: str,
+    def predict(self, model: GrounderLike, method: str, image: Image.Image, expression: str,
                 boxes: Sequence[Sequence[float]] | None) -> Prediction:
-        """``model.ground`` on the stored upload. What the request got wrong (no boxes for a
+        """``model.ground`` on the decoded upload. What the request got wrong (no boxes for a
         method that needs them, an image the method cannot use) keeps its message, with the
-        server's temporary path replaced; anything else deliberate (a dataset or cache the
+        image's description replaced; anything else deliberate (a dataset or cache the
         operator configured, a missing extra) is the server's and is logged, not shown."""
         try:
-            return model.ground(path, expression, boxes=boxes)
+            return model.ground(image, expression, boxes=boxes)
         except (BoxError, ImageError, InputError) as exc:
             kind = next(k for k in (BoxError, ImageError, InputError) if isinstance(exc, k))
-            raise kind(scrub(str(exc), {str(path): "the uploaded image",
-                                        self.workdir.name: "<server temp>"})) from None
+            raise kind(scrub(str(exc), {str(image): "the uploaded image"})) from None
         except RefgroundError:
             logger.exception("%s failed on a request", method)
             raise ServerFaultError(f"the server failed to run {method} on this request; its "

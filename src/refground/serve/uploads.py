@@ -100,8 +100,8 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, bool]:
-    """The upload as an upright RGB image, and whether it had to be rotated (EXIF orientation).
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The upload as an upright RGB image (turned by its EXIF orientation, if it has one).
 
     Browsers display photos upright, so boxes drawn on the page and boxes typed by the user are
     in upright coordinates; the model must see the same pixels.
@@ -130,8 +130,8 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, bool]:
         cause = exc.__cause__ if isinstance(exc, ImageError) and exc.__cause__ else exc
         raise ImageError(f"the image is corrupt: {corruption(cause)}") from None
     if orientation not in UPRIGHT:
-        return image, False
-    return image.transpose(UPRIGHT[orientation]), True
+        return image
+    return image.transpose(UPRIGHT[orientation])
 
 
 def corruption(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from refground import boxes as B
 from refground.images import load_image
 from refground.types import Sample
 from refground.vision.feature_cache import FeatureGroup, image_key, module_fingerprint
@@ -64,11 +65,6 @@ def clip_image_group(encoder: ClipEncoder, preprocess: ClipPreprocessConfig,
                         image_rows, compute, batch_size=encoder.batch_size)
 
 
-def crop_key(image: str, box: Tensor) -> str:
-    """The row key of one crop: the image's key and the box's float32 bytes."""
-    return f"{image}|{box.to(torch.float32).numpy().tobytes().hex()}"
-
-
 def clip_crop_group(encoder: ClipEncoder, boxes_of: Callable[[Sample], Tensor],
                     identity: dict[str, Any] | None = None) -> FeatureGroup:
     """Per (image, box): the crop's normalised CLIP embedding (CLIP's own preprocessing)."""
@@ -78,7 +74,7 @@ def clip_crop_group(encoder: ClipEncoder, boxes_of: Callable[[Sample], Tensor],
         for sample in samples:
             key = image_key(sample.image_path)
             for box in boxes_of(sample):
-                out.setdefault(crop_key(key, box), (sample.image_path, box))
+                out.setdefault(B.image_boxes_key(key, box), (sample.image_path, box))
         return out
 
     def compute(payloads: list[tuple[Path, Tensor]]) -> dict[str, Tensor]:
