@@ -58,7 +58,13 @@ VARIED_POSTMODIFIERS = {
                "at the very bottom"),
 }
 FRAMES = ("image", "picture", "photo")
+#: Placing verbs before a relation ("the circle located left of the star"), where the
+#: predicate carries the meaning. The parser knows each as a verb: a posture verb of
+#: :data:`~refground.language.lexicon.POSTURE_VERBS` or an irregular participle.
 PLACED = ("located", "positioned", "placed", "sitting", "situated", "found")
+#: The ones also said before a region ("the circle placed on the left"): the parser reads a
+#: verb there as an attribute of the noun unless it is a posture verb ("found" is not one).
+PLACED_BEFORE_REGIONS = PLACED[:3]
 VARIED_PREDICATES = {
     "left of": ("on the left of", "to the left of", "left of"),
     "right of": ("on the right of", "to the right of", "right of"),
@@ -128,7 +134,8 @@ def _word_region(form: Region, rng: np.random.Generator) -> tuple[str, Entity]:
     entity = _entity(form.base, rng, (canonical,))
     style = int(rng.integers(3))
     if style == 0:
-        ending = f"{pick(rng, (*RELATIVE, *PLACED[:3]))} {pick(rng, REGION_PHRASES[form.region])}"
+        verb = pick(rng, (*RELATIVE, *PLACED_BEFORE_REGIONS))
+        ending = f"{verb} {pick(rng, REGION_PHRASES[form.region])}"
     elif style == 1:
         where = (f"on the {form.region} side" if form.region in ("left", "right")
                  else f"in the {form.region} corner" if " " in form.region
