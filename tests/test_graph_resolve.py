@@ -20,7 +20,7 @@ import torch
 from refground import boxes as B
 from refground.data.refer import load_refer_split
 from refground.data.synth import generate_synthref
-from refground.data.synth.expressions import TRUE, _box_gaps, _directional, _next_to
+from refground.data.synth.logical_forms import TRUE, _box_gaps, _directional, _next_to
 from refground.errors import ConfigError, UnknownNameError
 from refground.language import spatial
 from refground.methods import METHODS, build_method

@@ -558,6 +558,22 @@ def test_varied_phrasing_uses_the_promised_constructions(phrasings: dict[str, Pa
         assert construction in texts, construction
 
 
+def test_the_parser_knows_the_generators_placing_verbs() -> None:
+    """paraphrase's placing verbs are words the parser's lexicon knows as verbs; those said
+    before a region must be posture verbs, or the parser keeps them as attributes."""
+    from refground.data.synth.paraphrase import PLACED, PLACED_BEFORE_REGIONS
+    from refground.language import parse_many
+    from refground.language.lexicon import PARTICIPLES, POSTURE_VERBS
+
+    assert set(PLACED_BEFORE_REGIONS) <= set(PLACED)
+    assert set(PLACED_BEFORE_REGIONS) <= POSTURE_VERBS
+    assert set(PLACED) <= POSTURE_VERBS | PARTICIPLES
+    texts = [f"the red circle {verb} on the left side" for verb in PLACED_BEFORE_REGIONS]
+    for graph in parse_many(texts, backend="rules"):
+        assert [(e.head, e.attributes, e.spatial) for e in graph.entities] == [
+            ("circle", ("red",), ("on the left",))]
+
+
 @pytest.mark.parametrize("backend", ["rules", "spacy"])
 def test_the_parser_reads_the_varied_phrasing(phrasings: dict[str, Path], backend: str) -> None:
     from refground.language import parse_many

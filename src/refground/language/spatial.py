@@ -16,7 +16,7 @@ Python loop over boxes or pairs, except the ordinal dynamic programs, which loop
   that proposal ``j`` is one of the things the noun phrase names. The caller multiplies by
   ``members[i]`` (in log space, adds) exactly once, however many modifiers an entity has.
 
-The thresholds soften SynthRef's (:mod:`refground.data.synth.expressions`): where SynthRef says
+The thresholds soften SynthRef's (:mod:`refground.data.synth.logical_forms`): where SynthRef says
 TRUE the score is 1, where it says FALSE it is 0, and its UNSURE zone becomes a smooth ramp,
 so the same rules carry over to detector boxes that never sit exactly on a threshold.
 Unknown predicates and modifiers return ``None``: the caller then applies no geometry.

@@ -8,7 +8,7 @@ combinations) / testR (relations only). Object sizes relative to the image are a
 ``refground.data.refer.load_refer_split(out_dir, "synthref", "synth", split)``.
 """
 
-from refground.data.synth.expressions import EXPRESSION_TYPES
+from refground.data.synth.logical_forms import EXPRESSION_TYPES
 from refground.data.synth.scales import DEFAULT_SCALE, SCALES, scale_of, scene_config_for
 from refground.data.synth.scenes import COLORS, SHAPES, SIZES, SceneConfig
 from refground.data.synth.writer import (

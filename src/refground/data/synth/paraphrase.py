@@ -1,7 +1,7 @@
 """Other wordings of SynthRef's logical forms: the same referents, said differently.
 
 SynthRef's sentences come from one set of templates
-(:func:`~refground.data.synth.expressions.word`), so a method can score well by fitting that
+(:func:`~refground.data.synth.wording.word`), so a method can score well by fitting that
 grammar. ``refground synth --phrasing varied`` keeps every image, referent and logical form of
 the standard dataset and re-words each sentence here: relative clauses ("the circle that is
 red"), "colored", "of the squares, the one on the left", "right-most", "closest to the top",
@@ -19,12 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from refground.data.synth.expressions import (
-    CANONICAL_ORDINAL,
-    CANONICAL_SUPERLATIVE,
-    ORDINAL_WORDS,
-    REGION_PHRASES,
-    SIZE_WORDS,
+from refground.data.synth.logical_forms import (
     Attr,
     Compare,
     Extreme,
@@ -33,8 +28,15 @@ from refground.data.synth.expressions import (
     Ordinal,
     Region,
     Relate,
-    _noun_phrase,
-    _pick,
+)
+from refground.data.synth.wording import (
+    CANONICAL_ORDINAL,
+    CANONICAL_SUPERLATIVE,
+    ORDINAL_WORDS,
+    REGION_PHRASES,
+    SIZE_WORDS,
+    noun_phrase,
+    pick,
 )
 from refground.types import Entity, Relation, SceneGraph
 
@@ -56,7 +58,13 @@ VARIED_POSTMODIFIERS = {
                "at the very bottom"),
 }
 FRAMES = ("image", "picture", "photo")
+#: Placing verbs before a relation ("the circle located left of the star"), where the
+#: predicate carries the meaning. The parser knows each as a verb: a posture verb of
+#: :data:`~refground.language.lexicon.POSTURE_VERBS` or an irregular participle.
 PLACED = ("located", "positioned", "placed", "sitting", "situated", "found")
+#: The ones also said before a region ("the circle placed on the left"): the parser reads a
+#: verb there as an attribute of the noun unless it is a posture verb ("found" is not one).
+PLACED_BEFORE_REGIONS = PLACED[:3]
 VARIED_PREDICATES = {
     "left of": ("on the left of", "to the left of", "left of"),
     "right of": ("on the right of", "to the right of", "right of"),
@@ -69,14 +77,14 @@ VARIED_PREDICATES = {
 
 def _entity(attr: Attr, rng: np.random.Generator, spatial: tuple[str, ...] = (),
             modifiers: tuple[str, ...] = ()) -> Entity:
-    text, head, words = _noun_phrase(attr, rng, "the", modifiers)
+    text, head, words = noun_phrase(attr, rng, "the", modifiers)
     return Entity(span=text, head=head, attributes=words, spatial=spatial)
 
 
 def _group(attr: Attr, rng: np.random.Generator, count: str = ""
            ) -> tuple[str, str, tuple[str, ...]]:
     """"the (two) red circles": the plural phrase a selection is made from."""
-    return _noun_phrase(attr, rng, f"the {count}".strip(), plural=True)
+    return noun_phrase(attr, rng, f"the {count}".strip(), plural=True)
 
 
 def _of_group(attr: Attr, rng: np.random.Generator, chosen: str, spatial: tuple[str, ...],
@@ -91,12 +99,12 @@ def _word_attr(form: Attr, rng: np.random.Generator) -> tuple[str, Entity]:
     if form.color is not None and form.shape is not None and rng.random() < 0.5:
         entity = _entity(Attr(form.shape, None, form.size), rng)
         entity = Entity(entity.span, entity.head, (*entity.attributes, form.color))
-        ending = _pick(rng, (f"{_pick(rng, RELATIVE)} {form.color}", f"colored {form.color}",
+        ending = pick(rng, (f"{pick(rng, RELATIVE)} {form.color}", f"colored {form.color}",
                              f"in {form.color}"))
         return f"{entity.span} {ending}", entity
     if form.color is not None:
-        size = (_pick(rng, SIZE_WORDS[form.size]),) if form.size else ()
-        head_text, head, _ = _noun_phrase(Attr(form.shape), rng, "")
+        size = (pick(rng, SIZE_WORDS[form.size]),) if form.size else ()
+        head_text, head, _ = noun_phrase(Attr(form.shape), rng, "")
         span = " ".join(("the", *size, f"{form.color} colored", head_text))
         return span, Entity(span, head, (*size, form.color))
     entity = _entity(form, rng)
@@ -108,16 +116,16 @@ def _word_extreme(form: Extreme, rng: np.random.Generator) -> tuple[str, Entity]
     style = int(rng.integers(4))
     if style == 0:
         entity = _entity(form.base, rng, spatial,
-                         (_pick(rng, HYPHENATED_SUPERLATIVES[form.direction]),))
+                         (pick(rng, HYPHENATED_SUPERLATIVES[form.direction]),))
         return entity.span, entity
-    post = _pick(rng, VARIED_POSTMODIFIERS[form.direction])
+    post = pick(rng, VARIED_POSTMODIFIERS[form.direction])
     if style == 1:
         entity = _entity(form.base, rng, spatial)
         return f"{entity.span} {post}", entity
     if style == 2:
         entity = _entity(form.base, rng, spatial)
-        return f"{entity.span} {_pick(rng, RELATIVE)} {post}", entity
-    chosen = _pick(rng, (f"the one {post}", f"the {CANONICAL_SUPERLATIVE[form.direction]} one"))
+        return f"{entity.span} {pick(rng, RELATIVE)} {post}", entity
+    chosen = pick(rng, (f"the one {post}", f"the {CANONICAL_SUPERLATIVE[form.direction]} one"))
     return _of_group(form.base, rng, chosen, spatial)
 
 
@@ -126,15 +134,16 @@ def _word_region(form: Region, rng: np.random.Generator) -> tuple[str, Entity]:
     entity = _entity(form.base, rng, (canonical,))
     style = int(rng.integers(3))
     if style == 0:
-        ending = f"{_pick(rng, (*RELATIVE, *PLACED[:3]))} {_pick(rng, REGION_PHRASES[form.region])}"
+        verb = pick(rng, (*RELATIVE, *PLACED_BEFORE_REGIONS))
+        ending = f"{verb} {pick(rng, REGION_PHRASES[form.region])}"
     elif style == 1:
         where = (f"on the {form.region} side" if form.region in ("left", "right")
                  else f"in the {form.region} corner" if " " in form.region
                  else f"at the {form.region}")
-        ending = f"{where} of the {_pick(rng, FRAMES)}"
+        ending = f"{where} of the {pick(rng, FRAMES)}"
     else:
         text, entity = _of_group(form.base, rng,
-                                 f"the one {_pick(rng, REGION_PHRASES[form.region])}",
+                                 f"the one {pick(rng, REGION_PHRASES[form.region])}",
                                  (canonical,))
         return text, entity
     return f"{entity.span} {ending}", entity
@@ -146,9 +155,9 @@ def _word_ordinal(form: Ordinal, rng: np.random.Generator) -> tuple[str, Entity]
     style = int(rng.integers(3))
     if style == 0:
         entity = _entity(form.base, rng, spatial)
-        return f"{entity.span} {_pick(rng, RELATIVE)} {rank} from the {form.direction}", entity
+        return f"{entity.span} {pick(rng, RELATIVE)} {rank} from the {form.direction}", entity
     if style == 1:
-        entity = _entity(form.base, rng, spatial, (_pick(rng, ORDINAL_WORDS[form.rank]),))
+        entity = _entity(form.base, rng, spatial, (pick(rng, ORDINAL_WORDS[form.rank]),))
         return f"{entity.span} counting from the {form.direction}", entity
     return _of_group(form.base, rng, f"the {rank} one from the {form.direction}", spatial)
 
@@ -159,7 +168,7 @@ def _word_middle(form: Middle, rng: np.random.Generator) -> tuple[str, Entity]:
         entity = _entity(form.base, rng, ("middle",))
         return f"{entity.span} in the center", entity
     if style == 1:
-        entity = _entity(form.base, rng, ("middle",), (_pick(rng, ("center", "central")),))
+        entity = _entity(form.base, rng, ("middle",), (pick(rng, ("center", "central")),))
         return entity.span, entity
     return _of_group(form.base, rng, "the one in the middle", ("middle",), "three")
 
@@ -168,8 +177,8 @@ def _word_compare(form: Compare, rng: np.random.Generator) -> tuple[str, Entity]
     word = "bigger" if form.bigger else "smaller"
     if rng.random() < 0.5:
         entity = _entity(form.base, rng, (word,))
-        return f"{entity.span} {_pick(rng, RELATIVE)} {word}", entity
-    chosen = _pick(rng, (f"the {word} one", f"the one that is {word}"))
+        return f"{entity.span} {pick(rng, RELATIVE)} {word}", entity
+    chosen = pick(rng, (f"the {word} one", f"the one that is {word}"))
     return _of_group(form.base, rng, chosen, (word,), "two")
 
 
@@ -178,7 +187,7 @@ def _word_anchor(anchor: Attr | Extreme, rng: np.random.Generator) -> tuple[str,
         spatial = (CANONICAL_SUPERLATIVE[anchor.direction],)
         words = (*HYPHENATED_SUPERLATIVES[anchor.direction],
                  CANONICAL_SUPERLATIVE[anchor.direction])
-        entity = _entity(anchor.base, rng, spatial, (_pick(rng, words),))
+        entity = _entity(anchor.base, rng, spatial, (pick(rng, words),))
         return entity.span, entity
     entity = _entity(anchor, rng)
     return entity.span, entity
@@ -187,8 +196,8 @@ def _word_anchor(anchor: Attr | Extreme, rng: np.random.Generator) -> tuple[str,
 def _word_relation(form: Relate, rng: np.random.Generator) -> tuple[str, SceneGraph]:
     subject = _entity(form.subject, rng)
     anchor_text, anchor = _word_anchor(form.anchor, rng)
-    verb = _pick(rng, (*RELATIVE, *PLACED, f"{_pick(rng, RELATIVE)} {_pick(rng, PLACED)}"))
-    phrase = _pick(rng, VARIED_PREDICATES[form.predicate])
+    verb = pick(rng, (*RELATIVE, *PLACED, f"{pick(rng, RELATIVE)} {pick(rng, PLACED)}"))
+    phrase = pick(rng, VARIED_PREDICATES[form.predicate])
     text = f"{subject.span} {verb} {phrase} {anchor_text}"
     return text, SceneGraph((subject, anchor), (Relation(0, form.predicate, 1),))
 
@@ -207,5 +216,5 @@ def paraphrase(form: LogicalForm, rng: np.random.Generator) -> tuple[str, SceneG
         text, entity = _WORDERS[type(form)](form, rng)
         graph = SceneGraph((entity,))
     if rng.random() < COMMAND_SHARE:
-        text = f"{_pick(rng, COMMANDS)} {text}"
+        text = f"{pick(rng, COMMANDS)} {text}"
     return text, graph

@@ -14,7 +14,7 @@
     issues 12 and 13 for the ``refcoco`` scale).
 
 A scale is only scene geometry; expressions, splits and rendering are the same for every
-scale, and every spatial rule in :mod:`~refground.data.synth.expressions` is relative to
+scale, and every spatial rule in :mod:`~refground.data.synth.logical_forms` is relative to
 object or image size, so the unambiguity checks hold unchanged.
 """
 

@@ -32,13 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from refground.data.synth.expressions import (
-    DEFAULT_TYPE_WEIGHTS,
-    EXPRESSION_TYPES,
-    RefPlan,
-    plan_refs,
-)
+from refground.data.synth.logical_forms import EXPRESSION_TYPES
 from refground.data.synth.paraphrase import PHRASINGS, paraphrase
+from refground.data.synth.planning import DEFAULT_TYPE_WEIGHTS, RefPlan, plan_refs
 from refground.data.synth.scales import DEFAULT_SCALE, scale_of, scene_config_for
 from refground.data.synth.scenes import (
     COLOR_NAMES,
