@@ -520,13 +520,12 @@ class Trainer:
     def _improves(self, value: float) -> bool:
         if self.state.best_metric is None:
             return True
-        tune = self.config.tune
-        if tune is not None and tune.direction == "minimize":
+        if self.config.train.best_direction == "minimize":
             return value < self.state.best_metric
         return value > self.state.best_metric
 
     def _validate(self, run_log: RunLog, history: list[dict[str, Any]]) -> dict[str, Any]:
-        metric_name = self.config.tune.metric if self.config.tune else "acc@0.5"
+        metric_name = self.config.train.best_metric
         metrics = evaluate_sharded(self.method, self.val_samples, self.accelerator,
                                    self.config.train.eval_batch_size)
         value = float(metrics[metric_name])
