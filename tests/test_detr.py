@@ -27,8 +27,8 @@ from refground.methods.detr import (
     sine_points,
     sine_positions_2d,
 )
+from refground.methods.detr_matching import MatchWeights, hungarian_match, match_costs, set_loss
 from refground.methods.trainable import WEIGHTS_FILE
-from refground.train.matching import MatchWeights, hungarian_match, match_costs, set_loss
 from refground.types import Sample
 from refground.vision.text_encoders import load_text_encoder, minilm_path
 from refground.vision.tiny_clip import DEFAULT_CORPUS

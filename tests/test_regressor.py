@@ -22,7 +22,8 @@ from torch import Tensor
 from refground.data.refer import load_refer_split
 from refground.errors import ConfigError, MissingDependencyError, ModelLoadError
 from refground.methods.base import build_method
-from refground.methods.regressor import RegressorMethod, RegressorModel, regression_loss
+from refground.methods.box_losses import SmoothL1, box_regression_loss
+from refground.methods.regressor import RegressorMethod, RegressorModel
 from refground.methods.trainable import METHOD_FILE, WEIGHTS_FILE, move_batch
 from refground.types import Sample
 from refground.vision.hrnet import HRNet, build_cnn_branch
@@ -212,7 +213,7 @@ def hand_giou(a: Tensor, b: Tensor) -> Tensor:
 def test_loss_matches_an_independent_computation() -> None:
     pred = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.6, 0.1, 0.1], [0.8, 0.2, 0.3, 0.3]])
     target = torch.tensor([[0.45, 0.5, 0.3, 0.3], [0.7, 0.6, 0.2, 0.2], [0.8, 0.2, 0.3, 0.3]])
-    losses = regression_loss(pred, target, huber_delta=0.1, giou_weight=2.0)
+    losses = box_regression_loss(pred, target, SmoothL1(0.1), giou_weight=2.0)
     huber = F.smooth_l1_loss(pred, target, beta=0.1)
     giou = (1 - hand_giou(pred, target)).mean()
     torch.testing.assert_close(losses["huber"], huber)

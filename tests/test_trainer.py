@@ -71,6 +71,23 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     assert (config.optim.lr, config.train.epochs) == (0.5, 7)
 
 
+def test_best_checkpoint_metric_is_a_train_setting(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path, tmp_path / "out", best_metric="acc50")
+    with pytest.raises(ConfigError, match=r"train\.best_metric.*acc@0\.5, acc@0\.75"):
+        build_config(data)
+    data = tiny_config(tmp_path, tmp_path / "out")
+    data["tune"] = {"metric": "miou"}  # an older config: tune.metric chose the best checkpoint
+    with pytest.raises(ConfigError, match=r"Set train\.best_metric: miou"):
+        build_config(data)
+    data["train"]["best_metric"] = "miou"
+    config = build_config(data)
+    assert (config.train.best_metric, config.train.best_direction) == ("miou", "maximize")
+    data["tune"] = {"metric": "acc@0.5"}  # the search may score trials by another metric
+    default = build_config(tiny_config(tmp_path, tmp_path / "out"))
+    assert default.train.best_metric == "acc@0.5"
+    assert build_config(data).run_identity() == default.run_identity()
+
+
 # --- checkpoint files -----------------------------------------------------------------------
 
 
@@ -240,3 +257,14 @@ def test_logs_checkpoints_and_best_model_are_usable(synth_root: Path, tmp_path: 
     assert list((tmp_path / "run" / "tensorboard").iterdir())
     best = build_method("tiny-test", checkpoint=str(tmp_path / "run" / "checkpoints" / "best"))
     assert isinstance(best, TinyMethod)
+
+
+def test_best_checkpoint_follows_train_best_metric_and_direction(synth_root: Path,
+                                                                 tmp_path: Path) -> None:
+    register()
+    config = build_config(tiny_config(synth_root, tmp_path / "run", epochs=1,
+                                      best_metric="miou", best_direction="minimize"))
+    summary = Trainer(config, progress=False, log=lambda _: None).fit()
+    assert [x["step"] for x in summary.history] == [4, 8]
+    assert summary.best_metric == min(x["miou"] for x in summary.history)
+    assert summary.best_step == min(summary.history, key=lambda x: x["miou"])["step"]

@@ -15,6 +15,8 @@ from refground.evaluate.records import EvalRecord
 from refground.types import GraphUse
 
 THRESHOLDS = (0.5, 0.75, 0.9)
+#: The overall quality numbers of :func:`compute_metrics` a run can pick its best checkpoint by.
+QUALITY_METRICS = (*(f"acc@{threshold}" for threshold in THRESHOLDS), "miou")
 
 
 def summarize(ious: Sequence[float], thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError
 from refground.images import ImageInput, decode_images
 from refground.methods.base import METHODS
+from refground.methods.detr_matching import hungarian_match, set_loss
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
@@ -53,7 +54,6 @@ from refground.methods.trainable import (
     target_boxes,
     trainable_factory,
 )
-from refground.train.matching import hungarian_match, set_loss
 from refground.types import Sample
 from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_key
 from refground.vision.feature_groups import pixel_group, token_group

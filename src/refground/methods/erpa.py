@@ -80,6 +80,7 @@ from refground.errors import ConfigError
 from refground.images import decode_images
 from refground.language.queries import entity_phrase
 from refground.methods.base import METHODS, DatasetInfo
+from refground.methods.box_losses import L1, box_regression_loss
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
@@ -720,15 +721,6 @@ def subject_logsumexp(edge_logits: Tensor, batch: Batch, count: int) -> Tensor:
 
 # --- losses and decoding ----------------------------------------------------------------------
 
-def regression_loss(pred: Tensor, target: Tensor, l1_weight: float,
-                    giou_weight: float) -> dict[str, Tensor]:
-    """``l1_weight * L1 + giou_weight * (1 - GIoU)`` on normalised cxcywh, batch means."""
-    target = target.to(pred.device, pred.dtype)
-    l1 = F.l1_loss(pred, target)
-    giou = (1.0 - B.giou(B.cxcywh_to_xyxy(pred), B.cxcywh_to_xyxy(target))).mean()
-    return {"loss": l1_weight * l1 + giou_weight * giou, "l1": l1, "giou": giou}
-
-
 def best_node(batch: Batch, target: Tensor) -> tuple[Tensor, Tensor]:
     """Per sample, the referent node overlapping the target most, and that IoU."""
     node_xyxy = B.cxcywh_to_xyxy(batch["node_boxes"])
@@ -821,8 +813,9 @@ class ErpaMethod(TrainableMethod):
         target = require_target(batch, self.name)
         if self.config.head == "select":
             return selection_loss(outputs["node_logits"], batch, target)
-        return regression_loss(outputs["boxes"], target, self.config.l1_weight,
-                               self.config.giou_weight)
+        return box_regression_loss(outputs["boxes"], target, L1(),
+                                   distance_weight=self.config.l1_weight,
+                                   giou_weight=self.config.giou_weight)
 
     def decode(self, batch: Batch, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self.config.head == "select":

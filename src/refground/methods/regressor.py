@@ -45,15 +45,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from refground import boxes as B
 from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.images import decode_images
 from refground.methods.base import METHODS
+from refground.methods.box_losses import SmoothL1, box_regression_loss
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
@@ -298,19 +297,6 @@ class RegressorModel(FrozenPartModel):
 
 # --- the loss ---------------------------------------------------------------------------------
 
-def regression_loss(pred: Tensor, target: Tensor, *, huber_delta: float,
-                    giou_weight: float) -> dict[str, Tensor]:
-    """Smooth-L1 on normalised cxcywh (mean over coordinates) + weighted GIoU loss.
-
-    ``"giou"`` is the GIoU *loss* ``mean(1 - GIoU)``, so ``loss = huber + weight * giou``.
-    """
-    pred = pred.float()
-    target = target.float().to(pred.device)
-    huber = F.smooth_l1_loss(pred, target, beta=huber_delta)
-    giou = (1.0 - B.giou(B.cxcywh_to_xyxy(pred), B.cxcywh_to_xyxy(target))).mean()
-    return {"loss": huber + giou_weight * giou, "huber": huber, "giou": giou}
-
-
 def heatmap_loss(weights: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy from the ``(B, grid * grid)`` cell softmax to the target box's Gaussian
     (standard deviation half the box side, normalised over the cells)."""
@@ -378,8 +364,9 @@ class RegressorMethod(TrainableMethod):
 
     def loss(self, batch: Batch, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         target = require_target(batch, self.name)
-        losses = regression_loss(outputs["boxes"], target, huber_delta=self.config.huber_delta,
-                                 giou_weight=self.config.giou_weight)
+        losses = box_regression_loss(outputs["boxes"].float(), target,
+                                     SmoothL1(self.config.huber_delta),
+                                     giou_weight=self.config.giou_weight)
         if "cell_weights" in outputs and self.config.heatmap_weight > 0:
             heat = heatmap_loss(outputs["cell_weights"], target)
             losses["heatmap"] = heat.detach()

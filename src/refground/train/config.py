@@ -25,6 +25,7 @@ from pydantic import (
 
 from refground.devices import AUTO, device_spec
 from refground.errors import ConfigError, validation_problems
+from refground.evaluate.metrics import QUALITY_METRICS
 
 
 class _Strict(BaseModel):
@@ -32,6 +33,7 @@ class _Strict(BaseModel):
 
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+Direction = Literal["maximize", "minimize"]
 
 
 class DataConfig(_Strict):
@@ -78,11 +80,23 @@ class LoopConfig(_Strict):
     #: against the machine when training starts, so a config written on a GPU machine loads
     #: anywhere. null (older configs) means "auto".
     device: str = AUTO
+    #: The validation metric that picks ``checkpoints/best`` (a key of metrics.json) and which
+    #: way is better; ``tune.metric`` is the search's own objective.
+    best_metric: str = "acc@0.5"
+    best_direction: Direction = "maximize"
 
     @field_validator("device", mode="before")
     @classmethod
     def _device_form(cls, value: Any) -> str:
         return device_spec(value)
+
+    @field_validator("best_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in QUALITY_METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose one of "
+                             f"{', '.join(QUALITY_METRICS)}")
+        return value
 
 
 class ParamSpace(_Strict):
@@ -108,7 +122,7 @@ class ParamSpace(_Strict):
 class TuneConfig(_Strict):
     trials: int = Field(10, ge=1)
     metric: str = "acc@0.5"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction = "maximize"
     pruner: Literal["median", "none"] = "median"
     storage: str | None = None  # default: sqlite:///<out>/tune/study.db
     study_name: str = "refground"
@@ -131,10 +145,30 @@ class TrainConfig(_Strict):
                              f"train.grad_accum ({self.train.grad_accum})")
         return self
 
+    @model_validator(mode="after")
+    def _best_checkpoint_moved(self) -> TrainConfig:
+        """Configs written before ``train.best_metric`` existed chose the best checkpoint by
+        ``tune.metric`` / ``tune.direction``; where those differ from the defaults now used,
+        say where the setting went rather than silently choosing by another metric."""
+        loop, tune = self.train, self.tune
+        if tune is None or {"best_metric", "best_direction"} & loop.model_fields_set:
+            return self
+        if (tune.metric, tune.direction) != (loop.best_metric, loop.best_direction):
+            raise ValueError(
+                f"tune.metric/tune.direction ({tune.metric}, {tune.direction}) no longer choose "
+                f"the best checkpoint: train.best_metric/train.best_direction do (default "
+                f"{loop.best_metric}, {loop.best_direction}). Set train.best_metric: "
+                f"{tune.metric} and train.best_direction: {tune.direction} to keep choosing "
+                "it as before, or set train.best_metric to keep the default")
+        return self
+
     def run_identity(self) -> dict[str, Any]:
-        """What must not change between a run and its resumption (out and tune may, and so
-        may the device: a run started on a GPU can be resumed on the CPU)."""
-        return without_device(self.model_dump(mode="json", exclude={"out", "tune"}))
+        """What must not change between a run and its resumption. Out, tune and which
+        checkpoint is kept as best may (they do not change the weights), and so may the
+        device: a run started on a GPU can be resumed on the CPU."""
+        dump = self.model_dump(mode="json", exclude={
+            "out": True, "tune": True, "train": {"best_metric": True, "best_direction": True}})
+        return without_device(dump)
 
 
 def without_device(identity: dict[str, Any]) -> dict[str, Any]:

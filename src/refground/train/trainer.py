@@ -18,7 +18,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,9 +31,7 @@ from torch import Tensor
 from refground.data.refer import load_refer_split
 from refground.devices import AUTO, parse_device, resolve_device, same_device
 from refground.errors import ConfigError, RefgroundError
-from refground.evaluate.metrics import compute_metrics
-from refground.evaluate.records import EvalRecord
-from refground.evaluate.runner import batched
+from refground.evaluate.sharded import evaluate_sharded
 from refground.methods import DatasetInfo, build_method, trainable_methods
 from refground.methods.trainable import TrainableMethod, cache_features, move_batch
 from refground.train.checkpoint import (
@@ -142,36 +140,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- evaluation on every process -------------------------------------------------------------
-
-
-def evaluate_sharded(method: TrainableMethod, samples: Sequence[Sample], accelerator: Any,
-                     batch_size: int) -> dict[str, Any]:
-    """Metrics over ``samples`` with each process predicting an interleaved shard.
-
-    Shards are ``samples[rank::world]``: disjoint and complete, so no sample is counted twice
-    (no padding to equal lengths). Records are gathered and put back in order before
-    ``compute_metrics``, so every process returns the same numbers a 1-process run gives.
-    """
-    from accelerate.utils import gather_object
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    indexed = list(enumerate(samples))[rank::world]
-    local: list[tuple[int, dict[str, Any]]] = []
-    with accelerator.autocast():
-        for chunk in batched(indexed, batch_size):
-            chunk_samples = [sample for _, sample in chunk]
-            for (index, sample), prediction in zip(chunk, method.predict(chunk_samples),
-                                                   strict=True):
-                local.append((index, EvalRecord.from_prediction(sample, prediction).to_json()))
-    gathered = gather_object(local) if world > 1 else local
-    records = [EvalRecord.from_json(r) for _, r in sorted(gathered, key=lambda item: item[0])]
-    if len(records) != len(samples):
-        raise RefgroundError(f"sharded evaluation gathered {len(records)} records for "
-                             f"{len(samples)} samples")
-    return compute_metrics(records)
 
 
 # --- logging --------------------------------------------------------------------------------
@@ -552,13 +520,12 @@ class Trainer:
     def _improves(self, value: float) -> bool:
         if self.state.best_metric is None:
             return True
-        tune = self.config.tune
-        if tune is not None and tune.direction == "minimize":
+        if self.config.train.best_direction == "minimize":
             return value < self.state.best_metric
         return value > self.state.best_metric
 
     def _validate(self, run_log: RunLog, history: list[dict[str, Any]]) -> dict[str, Any]:
-        metric_name = self.config.tune.metric if self.config.tune else "acc@0.5"
+        metric_name = self.config.train.best_metric
         metrics = evaluate_sharded(self.method, self.val_samples, self.accelerator,
                                    self.config.train.eval_batch_size)
         value = float(metrics[metric_name])

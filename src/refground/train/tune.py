@@ -6,6 +6,9 @@ reported to Optuna after every validation so the median pruner can stop weak tri
 The study lives in SQLite, so an interrupted search resumes where it stopped: finished trials
 are kept, and trials left "running" by a crash are marked failed and replaced.
 
+A trial's value is the best ``tune.metric`` over its validations (``tune.direction``); which
+checkpoint the trial keeps as best is ``train.best_metric``'s choice, as in any run.
+
 Trial 0 is the config's own values (when they lie in the space), so the search reports its
 gain over the starting point rather than over a random draw.
 """
@@ -106,19 +109,20 @@ def tune(config: TrainConfig, trials: int | None = None,
         overrides = {key: suggest(trial, key, space) for key, space in settings.space.items()}
         overrides["out"] = str(tune_dir / f"trial-{trial.number:03d}")
         trial_config = build_config(base, overrides, f"trial {trial.number}")
+        values: list[float] = []
 
         def report(step: int, metrics: dict[str, Any]) -> None:
-            trial.report(float(metrics[settings.metric]), step)
+            values.append(float(metrics[settings.metric]))
+            trial.report(values[-1], step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
         shown = {k: v for k, v in overrides.items() if k != "out"}
         log(f"trial {trial.number}: {json.dumps(shown)}")
-        summary = Trainer(trial_config, on_validation=report, progress=False,
-                          log=lambda _: None).fit()
-        assert summary.best_metric is not None
-        log(f"trial {trial.number}: best {settings.metric} {summary.best_metric:.4f}")
-        return summary.best_metric
+        Trainer(trial_config, on_validation=report, progress=False, log=lambda _: None).fit()
+        value = max(values) if settings.direction == "maximize" else min(values)
+        log(f"trial {trial.number}: best {settings.metric} {value:.4f}")
+        return value
 
     if total > done:
         study.optimize(objective, n_trials=total - done, catch=())

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from refground import boxes as B
 from refground.errors import ConfigError, MissingDependencyError
+from refground.methods.box_losses import giou_loss
 
 ClassLoss = Literal["focal", "bce"]
 Targets = Tensor | Sequence[Tensor]
@@ -146,6 +147,6 @@ def set_loss(pred_logits: Tensor, pred_boxes: Tensor, targets: Targets,
     else:
         raise ConfigError(f"class_loss must be 'focal' or 'bce', got {class_loss!r}")
     l1 = (matched - wanted).abs().sum()
-    giou = (1 - B.giou(B.cxcywh_to_xyxy(matched), B.cxcywh_to_xyxy(wanted))).sum()
+    giou = giou_loss(matched, wanted).sum()
     return {"class": per_query.sum() / num_targets, "l1": l1 / num_targets,
             "giou": giou / num_targets}
