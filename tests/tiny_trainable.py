@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refground.devices import AUTO, DeviceSpec
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     image_tensor,

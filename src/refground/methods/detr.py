@@ -43,10 +43,10 @@ from torch import Tensor, nn
 from refground.devices import AUTO, DeviceSpec
 from refground.errors import ConfigError
 from refground.methods.base import METHODS
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     image_tensor,

@@ -80,10 +80,10 @@ from refground.errors import ConfigError
 from refground.images import load_image
 from refground.language.queries import entity_phrase
 from refground.methods.base import METHODS, DatasetInfo
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     require_target,

@@ -54,10 +54,10 @@ from refground import boxes as B
 from refground.boxes import gaussian_heatmaps
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.methods.base import METHODS
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     require_target,
