@@ -766,6 +766,8 @@ class ErpaMethod(TrainableMethod):
     inference_options = frozenset({"graphs", "parser_backend", "proposals", "proposal_options",
                                    "top_k", "max_edges"})
     config: ErpaConfig
+    demo_order = 70
+    demo_checkpoint = "synthref-erpa"
 
     def __init__(self, config: ErpaConfig, model: ErpaModel, device: DeviceSpec = AUTO,
                  *, collate: ErpaCollator, encoder: ClipEncoder) -> None:
