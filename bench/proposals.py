@@ -24,22 +24,11 @@ from rich.table import Table
 
 from refground.data.refer import load_refer_split
 from refground.evaluate.proposal_recall import proposer_recall
+from refground.overrides import parse_assignments
 from refground.vision.proposals import build_proposer
 
 COLUMNS = ("recall@0.5@10", "recall@0.5@50", "recall@0.75@10", "recall@0.75@50")
 TARGET_COLUMN, TARGET_RECALL = "recall@0.5@50", 98.0
-
-
-def parse_options(pairs: list[str]) -> dict[str, object]:
-    import yaml
-
-    options: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"-o takes KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value)
-    return options
 
 
 def main() -> None:
@@ -56,7 +45,7 @@ def main() -> None:
 
     samples = list(load_refer_split(args.data, args.dataset, args.split_by, args.split).samples)
     samples = samples[: args.limit]
-    options = parse_options(args.options)
+    options = parse_assignments(args.options, "-o")
     table = Table(title=f"referent recall on {args.dataset} {args.split} ({len(samples)} "
                         "expressions)")
     for column in ("proposer", *COLUMNS, "proposals/image", "images/s"):

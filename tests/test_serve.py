@@ -347,3 +347,17 @@ def test_static_files_ship_with_the_package() -> None:
     from refground.serve.app import STATIC
 
     assert {p.name for p in Path(STATIC).iterdir()} >= {"index.html", "app.js", "style.css"}
+
+
+def test_client_options_are_options_of_the_methods_schemas() -> None:
+    """The allowlist only narrows each method's option schema: every name is an option of its
+    method, and its rule accepts the method's default."""
+    from refground.methods import method_type
+    from refground.serve.options import CLIENT_OPTIONS
+
+    for method, rules in CLIENT_OPTIONS.items():
+        fields = method_type(method).config_type.model_fields
+        for option, rule in rules.items():
+            assert option in fields, (method, option)
+            default = fields[option].default
+            rule.check(list(default) if isinstance(default, tuple) else default)

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from refground.devices import AUTO, DeviceSpec
 from refground.images import ImageInput, decode_images
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     image_tensor,

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from refground.defaults import DEFAULT_METHOD
 from refground.errors import ConfigError, RefgroundError
+from refground.overrides import parse_assignments
 
 if TYPE_CHECKING:
     from refground.train.config import TrainConfig
@@ -25,20 +26,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-def parse_options(pairs: list[str]) -> dict[str, object]:
-    """``["k=v", ...]`` -> dict, values parsed as JSON when they parse ("3", "true", "[1,2]")."""
-    options: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"method option {pair!r} must look like key=value")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
 
 
 @app.command()
@@ -154,7 +141,7 @@ def eval_command(
         err_console.print(f"[yellow]skipped {len(split_data.skipped)} invalid records; "
                           f"first: {split_data.skipped[0]}[/yellow]")
     samples = split_data.samples[:limit] if limit is not None else split_data.samples
-    options = parse_options(option)
+    options = parse_assignments(option, "-o")
     if proposals is not None:
         options["proposals"] = proposals
     run_method = build_method(method, **options)
@@ -213,9 +200,9 @@ def pretrain_clip_command(
 
 
 def _load_train_config(config: Path, overrides: list[str]) -> TrainConfig:
-    from refground.train.config import load_config, parse_override
+    from refground.train.config import load_config
 
-    return load_config(config, dict(parse_override(pair) for pair in overrides))
+    return load_config(config, parse_assignments(overrides, "--set"))
 
 
 @app.command()
@@ -311,11 +298,9 @@ def train_detector(
         "--set", help="Override a config value: section.key=value (repeatable).")] = [],  # noqa: B006
 ) -> None:
     """Train the class-agnostic CenterNet detector (the `centernet` / `auto` proposer)."""
-    from refground.train.config import parse_override
     from refground.train.detector import DetectorTrainer, load_detector_config
 
-    detector_config = load_detector_config(config,
-                                           dict(parse_override(pair) for pair in override))
+    detector_config = load_detector_config(config, parse_assignments(override, "--set"))
     summary = DetectorTrainer(detector_config, log=console.print).fit(resume=resume)
     console.print(f"best val recall@0.5 top-50 {summary['best_metric']:.4f} after "
                   f"{summary['epochs_completed']} epochs ({summary['seconds']:.0f} s); "
@@ -467,7 +452,7 @@ def predict(
     candidate_boxes = _parse_boxes(boxes, boxes_file)
     # decoded once, before the model loads: a missing or unreadable image fails fast
     picture = ImageSource.file(image, load_image(image))
-    options = parse_options(option)
+    options = parse_assignments(option, "-o")
     if proposals is not None:
         options["proposals"] = proposals
     prediction = Grounder.load(method, **options).ground(picture, expression, candidate_boxes)
@@ -625,7 +610,7 @@ def serve(
         raise MissingDependencyError(f"refground serve needs the serve extra ({exc.name} is "
                                      "missing): pip install fastapi uvicorn python-multipart"
                                      ) from None
-    served = route_operator_options(parse_options(option), method, also)
+    served = route_operator_options(parse_assignments(option, "-o"), method, also)
     config = ServeConfig(method=method, options=served.pop(method), also=served,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_pixels=max_pixels, concurrency=concurrency,

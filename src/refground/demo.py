@@ -17,34 +17,44 @@ from refground.api import Grounder
 from refground.data.refer import load_refer_split
 from refground.data.synth import generate_synthref
 from refground.evaluate.runner import evaluate
-from refground.methods import DatasetInfo, build_method
+from refground.methods import (
+    METHODS,
+    DatasetInfo,
+    build_method,
+    method_type,
+    trainable_methods,
+)
 from refground.types import Sample
 from refground.vision.shipped import shipped_path
 
-#: Zero-shot and heuristic methods, by display name: (registered method, options).
-ZERO_SHOT: dict[str, tuple[str, dict[str, Any]]] = {
-    "oracle": ("oracle", {}),
-    "center": ("center", {}),
-    "largest": ("largest", {}),
-    "crop-rank": ("crop-rank", {}),
-    "visual-prompt": ("visual-prompt", {}),
-    "graph-resolve": ("graph-resolve", {}),
-}
-#: Trained checkpoints that may ship in ``refground/assets`` (display name -> method, asset).
-SHIPPED_TRAINED: dict[str, tuple[str, str]] = {
-    "erpa (synthref-erpa)": ("erpa", "synthref-erpa")}
 #: The method the picture examples use: the best zero-shot one on SynthRef.
 EXAMPLE_METHOD = "graph-resolve"
 
 
 def demo_methods() -> dict[str, tuple[str, dict[str, Any]]]:
-    """The methods the demo evaluates: every zero-shot one, plus shipped trained models."""
-    methods = dict(ZERO_SHOT)
-    for display, (method, asset) in SHIPPED_TRAINED.items():
-        path = shipped_path(asset)
-        if path is not None:
-            methods[display] = (method, {"checkpoint": str(path)})
-    return methods
+    """The methods the demo evaluates, display name -> (registered method, options).
+
+    A method is in the demo when it declares a ``demo_order`` (:class:`~refground.methods.
+    Method`), its table row's place: each zero-shot one as it is, each trainable one with its
+    ``demo_checkpoint`` when the package ships it (shown as "name (checkpoint)"). Adding a
+    method to the demo is setting those attributes on its class, not editing this file.
+    """
+    trainable = set(trainable_methods())
+    rows: list[tuple[int, str, tuple[str, dict[str, Any]]]] = []
+    for name in METHODS.names():
+        kind = method_type(name)
+        order = getattr(kind, "demo_order", None)
+        checkpoint = getattr(kind, "demo_checkpoint", None)
+        if order is None:
+            continue
+        if checkpoint is not None:
+            path = shipped_path(checkpoint)
+            if path is not None:
+                rows.append((order, f"{name} ({checkpoint})",
+                             (name, {"checkpoint": str(path)})))
+        elif name not in trainable:  # an untrained model has nothing to show
+            rows.append((order, name, (name, {})))
+    return {display: spec for _, display, spec in sorted(rows)}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,13 @@
 """Grounding methods, registered by name; see :data:`refground.methods.base.METHODS`."""
 
-from refground.methods.base import METHODS, DatasetInfo, Method, build_method, trainable_methods
+from refground.methods.base import (
+    METHODS,
+    DatasetInfo,
+    Method,
+    build_method,
+    method_type,
+    trainable_methods,
+)
 
-__all__ = ["METHODS", "DatasetInfo", "Method", "build_method", "trainable_methods"]
+__all__ = ["METHODS", "DatasetInfo", "Method", "build_method", "method_type",
+           "trainable_methods"]

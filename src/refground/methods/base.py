@@ -6,9 +6,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
+from refground.methods.options import MethodConfig, NoOptions
 from refground.registry import Registry
 from refground.types import Prediction, Sample
 
@@ -37,6 +39,13 @@ class Method(ABC):
     name: str = "method"
     #: One line saying what the method does, for `refground methods` and the web page.
     summary: str = ""
+    #: The options it takes (:mod:`refground.methods.options`), validated when it is built.
+    config_type: ClassVar[type[MethodConfig]] = NoOptions
+    #: Where its row goes in `refground demo`'s table (lower first); None leaves it out. A
+    #: trainable method is in the demo when its :attr:`demo_checkpoint` ships.
+    demo_order: ClassVar[int | None] = None
+    #: The shipped checkpoint (``refground/assets/<name>``) the demo evaluates, if any.
+    demo_checkpoint: ClassVar[str | None] = None
     #: Where the method computes: a concrete device, resolved once when the method is built
     #: from its ``device`` option (default ``"auto"``, see :mod:`refground.devices`). Methods
     #: without a model (the heuristics) compute on the CPU.
@@ -70,6 +79,13 @@ METHODS: Registry[Method] = Registry("method", packages=("refground.methods",))
 def trainable_methods() -> list[str]:
     """The registered methods `refground train` can train (their factories say so)."""
     return [name for name in METHODS.names() if getattr(METHODS.get(name), "trainable", False)]
+
+
+def method_type(name: str) -> Any:
+    """The class behind a registered name (a trainable method's factory names its class), whose
+    attributes say what the method is: :attr:`Method.config_type`, :attr:`Method.demo_order`."""
+    factory = METHODS.get(name)
+    return getattr(factory, "method_type", factory)
 
 
 def build_method(name: str, **options: object) -> Method:

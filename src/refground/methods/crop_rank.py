@@ -8,14 +8,16 @@ well and spatial context ("left of the car") not at all.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from pydantic import field_validator
 from torch import Tensor
 
-from refground.errors import ConfigError
 from refground.methods.base import METHODS
 from refground.methods.proposal_scoring import (
     ProposalScoringMethod,
     ScoringItem,
+    ScoringOptions,
     features_per_item,
 )
 from refground.vision.clip import ClipEncoder
@@ -27,16 +29,31 @@ def crop_pixels(item: ScoringItem) -> list[Tensor]:
     return [crop_box(item.pixels, box) for box in item.proposals.boxes]
 
 
+class CropRankOptions(ScoringOptions):
+    """crop-rank's options: the shared ones and the text CLIP reads, ``template`` with ``{}``
+    where the expression goes."""
+
+    template: str = "{}"
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, template: str) -> str:
+        if "{}" not in template:
+            raise ValueError(f"template must contain '{{}}' for the expression, got {template!r}")
+        return template
+
+
 @METHODS.register("crop-rank")
 class CropRank(ProposalScoringMethod):
     name = "crop-rank"
     summary = "each candidate box cropped and ranked by CLIP similarity to the expression"
+    config_type = CropRankOptions
+    options: CropRankOptions
+    demo_order = 40
 
-    def __init__(self, template: str = "{}", **options: object) -> None:
-        if "{}" not in template:
-            raise ConfigError(f"template must contain '{{}}' for the expression, got {template!r}")
-        super().__init__(**options)  # type: ignore[arg-type]
-        self.template = template
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.template = self.options.template
 
     def score(self, items: Sequence[ScoringItem]) -> list[Tensor]:
         return self.ensemble([self._score_with(encoder, items) for encoder in self.encoders])

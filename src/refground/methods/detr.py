@@ -44,10 +44,10 @@ from refground.errors import ConfigError
 from refground.images import ImageInput, decode_images
 from refground.methods.base import METHODS
 from refground.methods.detr_matching import hungarian_match, set_loss
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     image_tensor,

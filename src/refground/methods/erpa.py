@@ -81,10 +81,10 @@ from refground.images import decode_images
 from refground.language.queries import entity_phrase
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.box_losses import L1, box_regression_loss
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     require_target,
@@ -754,6 +754,8 @@ class ErpaMethod(TrainableMethod):
     inference_options = frozenset({"graphs", "parser_backend", "proposals", "proposal_options",
                                    "top_k", "max_edges"})
     config: ErpaConfig
+    demo_order = 70
+    demo_checkpoint = "synthref-erpa"
 
     def __init__(self, config: ErpaConfig, model: ErpaModel, device: DeviceSpec = AUTO,
                  *, collate: ErpaCollator, encoder: ClipEncoder) -> None:

@@ -37,9 +37,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import ValidationInfo, field_validator
 from torch import Tensor
 
 from refground import boxes as B
@@ -48,7 +49,13 @@ from refground.language import spatial
 from refground.language.queries import entity_phrase
 from refground.language.text import cache_key, normalize
 from refground.methods.base import METHODS, DatasetInfo, Method
-from refground.methods.proposal_scoring import ProposalScoringMethod, ScoringItem, rank
+from refground.methods.options import parse_config
+from refground.methods.proposal_scoring import (
+    ProposalScoringMethod,
+    ScoringItem,
+    ScoringOptions,
+    rank,
+)
 from refground.types import Entity, GraphUse, Prediction, Sample, SceneGraph
 from refground.vision.proposals import Proposals, graph_queries
 from refground.vocabulary import GENERIC_HEAD_WORDS
@@ -58,9 +65,9 @@ log = logging.getLogger(__name__)
 GRAPH_SOURCES = ("parsed", "gold")
 MEMBERSHIPS = ("relative", "split")
 ENTITY_TEXTS = ("span", "noun")
-#: Options that belong to the scorer but are accepted top-level for convenience.
-FORWARDED = ("clip", "proposals", "proposal_options", "device", "dtype", "clip_batch_size",
-             "text_cache_dir", "encoders")
+#: Options that belong to the scorer but are accepted top-level for convenience: the ones
+#: every proposal-scoring method shares.
+FORWARDED = tuple(ScoringOptions.model_fields)
 #: Floor inside every log, so a violated constraint costs about -9 instead of -inf.
 LOG_FLOOR = 1e-4
 
@@ -387,13 +394,78 @@ def _choice(name: str, value: object, options: Sequence[str]) -> str:
     return str(value)
 
 
+class GraphResolveOptions(ScoringOptions):
+    """graph-resolve's options (see :class:`GraphResolve`): its own, and the scorer's shared
+    ones (:class:`ScoringOptions`), forwarded to the scorer when given. Each value is checked
+    here, before any model loads; ``parser_backend`` only matters with parsed graphs and is
+    checked then."""
+
+    unknown_hint: ClassVar[str] = (
+        "options for the scorer go in scorer_options (e.g. -o 'scorer_options={\"debias\": 0}'); "
+        f"only {', '.join(FORWARDED)} are forwarded from the top level")
+
+    scorer: str = "crop-rank"
+    scorer_options: dict[str, Any] | None = None
+    graphs: str = "parsed"
+    parser_backend: str = "auto"
+    graph_cache: str | Path | None = None
+    membership: str = "relative"
+    temperature: float = 3.5
+    modifier_weight: float = 1.0
+    relation_weight: float = 1.0
+    entity_text: str = "span"
+    size_words: bool = True
+    pair_candidates: int = 4
+
+    @field_validator("scorer_options", mode="before")
+    @classmethod
+    def _mapping(cls, value: object) -> object:
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"scorer_options must be a mapping of options for the scorer, "
+                             f"got {value!r}")
+        return value
+
+    @field_validator("graphs", "membership", "entity_text", mode="before")
+    @classmethod
+    def _one_of(cls, value: object, info: ValidationInfo) -> str:
+        choices = {"graphs": GRAPH_SOURCES, "membership": MEMBERSHIPS,
+                   "entity_text": ENTITY_TEXTS}[str(info.field_name)]
+        return _choice(str(info.field_name), value, choices)
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _positive(cls, value: object) -> float:
+        return _check_positive("temperature", value)
+
+    @field_validator("modifier_weight", "relation_weight", mode="before")
+    @classmethod
+    def _weight(cls, value: object, info: ValidationInfo) -> float:
+        return _check_positive(str(info.field_name), value, allow_zero=True)
+
+    @field_validator("size_words", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"size_words must be true or false, got {value!r}")
+        return value
+
+    @field_validator("pair_candidates", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"pair_candidates must be an integer >= 0 (0: relations without "
+                             f"geometry are dropped), got {value!r}")
+        return value
+
+
 @METHODS.register("graph-resolve")
 class GraphResolve(Method):
     """See the module docstring. Options:
 
     * ``scorer`` (``crop-rank``): the proposal-scoring method that scores noun phrases;
       ``scorer_options`` are passed to it, and ``clip``, ``proposals``, ``device`` (and the
-      other names in :data:`FORWARDED`) are accepted top-level and forwarded too;
+      other :class:`ScoringOptions`, :data:`FORWARDED`) are accepted top-level and forwarded
+      too;
     * ``graphs``: ``parsed`` (:func:`refground.language.graphs_for`, with the dataset's
       ``graphs.<backend>.jsonl`` cache when present, or ``graph_cache=PATH``) or ``gold``
       (``Sample.graph``, SynthRef's generator graphs: the ablation with a perfect parser);
@@ -415,59 +487,34 @@ class GraphResolve(Method):
     """
 
     name = "graph-resolve"
+    config_type = GraphResolveOptions
+    demo_order = 60
     summary = ("the expression parsed into objects and relations; CLIP scores each object's "
                "candidates, geometry resolves the relations")
 
-    def __init__(
-        self,
-        scorer: str = "crop-rank",
-        scorer_options: Mapping[str, Any] | None = None,
-        graphs: str = "parsed",
-        parser_backend: str = "auto",
-        graph_cache: str | None = None,
-        membership: str = "relative",
-        temperature: float = 3.5,
-        modifier_weight: float = 1.0,
-        relation_weight: float = 1.0,
-        entity_text: str = "span",
-        size_words: bool = True,
-        pair_candidates: int = 4,
-        **options: Any,
-    ) -> None:
-        self.graphs = _choice("graphs", graphs, GRAPH_SOURCES)
-        self.entity_text = _choice("entity_text", entity_text, ENTITY_TEXTS)
-        membership = _choice("membership", membership, MEMBERSHIPS)
-        temperature = _check_positive("temperature", temperature)
-        modifier_weight = _check_positive("modifier_weight", modifier_weight, True)
-        relation_weight = _check_positive("relation_weight", relation_weight, True)
-        self.parser_backend = _check_backend(parser_backend) if graphs == "parsed" else "auto"
-        self.scorer = self._build_scorer(scorer, scorer_options, options)
+    def __init__(self, **options: Any) -> None:
+        """Validate ``options`` (:class:`GraphResolveOptions`), then build the scorer."""
+        config = parse_config(GraphResolveOptions, options, self.name)
+        self.graphs = config.graphs
+        self.entity_text = config.entity_text
+        self.parser_backend = (_check_backend(config.parser_backend) if config.graphs == "parsed"
+                               else "auto")
+        forwarded = {name: getattr(config, name) for name in FORWARDED
+                     if name in config.model_fields_set}
+        self.scorer = self._build_scorer(config.scorer, config.scorer_options, forwarded)
         self.device = self.scorer.device  # the scorer's (its ``device`` option, "auto")
-        if not isinstance(size_words, bool):
-            raise ConfigError(f"size_words must be true or false, got {size_words!r}")
-        if (isinstance(pair_candidates, bool) or not isinstance(pair_candidates, int)
-                or pair_candidates < 0):
-            raise ConfigError(f"pair_candidates must be an integer >= 0 (0: relations without "
-                              f"geometry are dropped), got {pair_candidates!r}")
-        self.pair_candidates = pair_candidates
-        self.config = ResolveConfig(membership, temperature / score_scale(self.scorer),
-                                    modifier_weight, relation_weight, size_words)
+        self.pair_candidates = config.pair_candidates
+        self.config = ResolveConfig(config.membership,
+                                    config.temperature / score_scale(self.scorer),
+                                    config.modifier_weight, config.relation_weight,
+                                    config.size_words)
         self.cache: dict[str, SceneGraph] = {}
-        if graph_cache is not None:
-            self._load_cache(Path(graph_cache))
+        if config.graph_cache is not None:
+            self._load_cache(Path(config.graph_cache))
 
     @staticmethod
     def _build_scorer(name: object, scorer_options: Mapping[str, Any] | None,
                       options: Mapping[str, Any]) -> ProposalScoringMethod:
-        if scorer_options is not None and not isinstance(scorer_options, Mapping):
-            raise ConfigError(f"scorer_options must be a mapping of options for the scorer, "
-                              f"got {scorer_options!r}")
-        unknown = sorted(set(options) - set(FORWARDED))
-        if unknown:
-            raise ConfigError(
-                f"graph-resolve got unknown option(s) {', '.join(unknown)}; options for the "
-                f"scorer go in scorer_options (e.g. -o 'scorer_options={{\"debias\": 0}}'); "
-                f"only {', '.join(FORWARDED)} are forwarded from the top level")
         merged = dict(scorer_options or {})
         for key, value in options.items():
             if key in merged and merged[key] != value:

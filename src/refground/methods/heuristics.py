@@ -23,14 +23,25 @@ import torch
 from refground import boxes as B
 from refground.errors import DatasetError
 from refground.methods.base import METHODS, Method
+from refground.methods.options import NoOptions, parse_config
 from refground.types import Candidate, Prediction, Sample
 
 
+class _Heuristic(Method):
+    """A method without options: any option given is an error naming it."""
+
+    config_type = NoOptions
+
+    def __init__(self, **options: object) -> None:
+        parse_config(self.config_type, options, self.name)
+
+
 @METHODS.register("oracle")
-class OracleMethod(Method):
+class OracleMethod(_Heuristic):
     name = "oracle"
     summary = "the annotated referent itself: the upper bound (needs a dataset's gt box)"
     needs_annotations = True  # type: ignore[assignment]  # (the gt box, in fact)
+    demo_order = 10
 
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:
         predictions = []
@@ -41,7 +52,7 @@ class OracleMethod(Method):
         return predictions
 
 
-class _RankAnnotations(Method):
+class _RankAnnotations(_Heuristic):
     """Rank the image's annotated boxes by a score; no annotations -> the whole image."""
 
     needs_annotations = True  # type: ignore[assignment]
@@ -74,6 +85,7 @@ class _RankAnnotations(Method):
 class CenterMethod(_RankAnnotations):
     name = "center"
     summary = "the candidate box nearest the image centre; reads no text (a baseline)"
+    demo_order = 20
 
     def score(self, boxes: torch.Tensor, sample: Sample) -> torch.Tensor:
         centres = B.xyxy_to_cxcywh(boxes)[:, :2]
@@ -85,6 +97,7 @@ class CenterMethod(_RankAnnotations):
 class LargestMethod(_RankAnnotations):
     name = "largest"
     summary = "the largest candidate box; reads no text (a baseline)"
+    demo_order = 30
 
     def score(self, boxes: torch.Tensor, sample: Sample) -> torch.Tensor:
         return B.area(boxes)

@@ -9,18 +9,19 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from refground import boxes as B
-from refground.devices import AUTO, DeviceSpec, resolve_device
+from refground.devices import AUTO, resolve_device
 from refground.errors import ConfigError
 from refground.images import decode_images
 from refground.methods.base import Method
+from refground.methods.options import MethodConfig, parse_config
 from refground.types import Prediction, Sample
-from refground.vision.clip import ClipEncoder
 from refground.vision.preprocess import pil_to_tensor
 from refground.vision.proposals import (
     GroundTruthProposer,
@@ -51,28 +52,48 @@ def as_name_list(value: str | Sequence[str]) -> list[str]:
     return names
 
 
+class ScoringOptions(MethodConfig):
+    """Options every proposal-scoring method shares (graph-resolve forwards them to its scorer).
+
+    ``clip`` names one or more backbones (several: their scores are averaged); ``encoders``
+    passes already built ones instead (e.g. a model being trained), and then the method computes
+    where the first of them is. ``device`` (default ``"auto"``: the GPU when there is one) is
+    also the detector's, unless ``proposal_options`` names one; :func:`resolve_device` checks
+    it, as it checks every device.
+    """
+
+    clip: str | list[str] = SHIPPED_CLIP
+    proposals: str = DEFAULT_PROPOSALS
+    proposal_options: dict[str, Any] | None = None
+    device: Any = AUTO  # a DeviceSpec, checked by resolve_device
+    clip_batch_size: int = 64
+    text_cache_dir: str | Path | None = None
+    dtype: str = "float32"
+    encoders: list[Any] | None = None  # ClipEncoders
+
+
 class ProposalScoringMethod(Method):
     """Base of ``crop-rank`` and ``visual-prompt``; see the module docstring."""
 
-    def __init__(self, clip: str | Sequence[str] = SHIPPED_CLIP, proposals: str = DEFAULT_PROPOSALS,
-                 proposal_options: dict[str, Any] | None = None, device: DeviceSpec = AUTO,
-                 clip_batch_size: int = 64, text_cache_dir: str | None = None,
-                 dtype: str = "float32", encoders: Sequence[ClipEncoder] | None = None) -> None:
-        """``clip`` names one or more backbones (several: their scores are averaged);
-        ``encoders`` passes already built ones instead (e.g. a model being trained), and then
-        the method computes where the first of them is. ``device`` (default ``"auto"``: the GPU
-        when there is one) is also the detector's, unless ``proposal_options`` names one."""
-        if encoders is not None:
-            self.encoders = list(encoders)
-            self.device = self.encoders[0].device if self.encoders else resolve_device(device)
+    config_type: ClassVar[type[ScoringOptions]] = ScoringOptions
+
+    def __init__(self, **options: Any) -> None:
+        """Validate ``options`` as :attr:`config_type` (kept as ``self.options``), then load
+        the CLIP backbones and build the proposer."""
+        self.options = config = parse_config(self.config_type, options, self.name)
+        if config.encoders is not None:
+            self.encoders = list(config.encoders)
+            self.device = (self.encoders[0].device if self.encoders
+                           else resolve_device(config.device))
         else:
-            self.device = resolve_device(device)
-            self.encoders = [load_clip(name, self.device, clip_batch_size, text_cache_dir, dtype)
-                             for name in as_name_list(clip)]
-        proposal_options = dict(proposal_options or {})
-        if "device" not in proposal_options and proposer_takes_device(proposals):
+            self.device = resolve_device(config.device)
+            self.encoders = [load_clip(name, self.device, config.clip_batch_size,
+                                       config.text_cache_dir, config.dtype)
+                             for name in as_name_list(config.clip)]
+        proposal_options = dict(config.proposal_options or {})
+        if "device" not in proposal_options and proposer_takes_device(config.proposals):
             proposal_options["device"] = self.device
-        self.proposer = build_proposer(proposals, **proposal_options)
+        self.proposer = build_proposer(config.proposals, **proposal_options)
 
     @property
     def needs_annotations(self) -> bool:

@@ -53,10 +53,10 @@ from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.images import decode_images
 from refground.methods.base import METHODS
 from refground.methods.box_losses import SmoothL1, box_regression_loss
+from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
     Batch,
     FrozenPartModel,
-    MethodConfig,
     TrainableMethod,
     image_sizes,
     require_target,

@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from refground import boxes as B
 from refground.devices import AUTO, DeviceSpec, resolve_device
-from refground.errors import ConfigError, ModelLoadError, validation_problems
+from refground.errors import ConfigError, ModelLoadError
 from refground.images import ImageInput, load_image
 from refground.methods.base import DatasetInfo, Method
+from refground.methods.options import MethodConfig, parse_config
 from refground.types import Prediction, Sample
 from refground.vision.feature_cache import (
     FEATURES_DIR,
@@ -54,24 +54,7 @@ from refground.vision.preprocess import pil_to_tensor
 Batch = dict[str, Any]
 METHOD_FILE = "method.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class MethodConfig(BaseModel):
-    """Base of every trainable method's options; unknown fields are an error, not ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-ConfigT = TypeVar("ConfigT", bound=MethodConfig)
 MethodT = TypeVar("MethodT", bound="TrainableMethod")
-
-
-def parse_config(config_type: type[ConfigT], options: Mapping[str, Any], what: str) -> ConfigT:
-    """Validate options into a config, turning pydantic's report into a :class:`ConfigError`."""
-    try:
-        return config_type(**options)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid options for {what}: {validation_problems(exc)}") from None
 
 
 def image_tensor(image: ImageInput, size: int) -> Tensor:
@@ -343,4 +326,5 @@ def trainable_factory(cls: type[MethodT]) -> Callable[..., MethodT]:
     factory.__doc__ = f"Build a {cls.name} method (``checkpoint=`` loads a trained one)."
     factory.summary = cls.summary  # type: ignore[attr-defined]  # what `refground methods` shows
     factory.trainable = True  # type: ignore[attr-defined]  # what trainable_methods() finds
+    factory.method_type = cls  # type: ignore[attr-defined]  # what method_type() finds
     return factory

@@ -24,17 +24,20 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import field_validator, model_validator
 from torch import Tensor
 
 from refground.data.refer import load_refer_split
 from refground.errors import ConfigError, DatasetError
 from refground.methods.base import METHODS, DatasetInfo
 from refground.methods.proposal_scoring import (
-    DEFAULT_PROPOSALS,
     ProposalScoringMethod,
     ScoringItem,
+    ScoringOptions,
     features_per_item,
 )
 from refground.vision.clip import ClipEncoder
@@ -62,55 +65,79 @@ def sample_debias_expressions(expressions: Sequence[str], count: int, seed: int)
     return random.Random(seed).sample(unique, count)
 
 
+class VisualPromptOptions(ScoringOptions):
+    """visual-prompt's options: the shared ones, how each proposal is marked (``marker``,
+    ``color``, ``stroke``, ``blur_radius``, ``backgrounds``, ``sharp_window``; see
+    :class:`~refground.vision.prompts.PromptStyle`), the text (``prefix``), how views are
+    aggregated, the debiasing texts (``debias`` of them, from ``debias_file`` or the benchmark's
+    train split, sampled with ``debias_seed``) and the category prior (see the module
+    docstring)."""
+
+    prefix: str = "This is "
+    marker: str = "ellipse"
+    color: tuple[int, int, int] = (255, 0, 0)
+    stroke: float = 3.0
+    blur_radius: float = 20.0
+    backgrounds: tuple[str, ...] = ("blur", "blur-gray")
+    sharp_window: bool = True
+    aggregate: str = "max"
+    debias: int = 5000
+    debias_file: str | Path | None = None
+    debias_seed: int = 0
+    category_prior: float = 0.0
+    category_template: str = "A picture of a {}"
+
+    @field_validator("aggregate")
+    @classmethod
+    def _aggregation(cls, aggregate: str) -> str:
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        return aggregate
+
+    @field_validator("debias")
+    @classmethod
+    def _debias_count(cls, debias: int) -> int:
+        if debias < 0:
+            raise ValueError(f"debias (number of expressions) must be >= 0, got {debias}")
+        return debias
+
+    @model_validator(mode="after")
+    def _no_gold_prior(self) -> VisualPromptOptions:
+        # Checked before any model loads: with gt proposals the labels are gold categories.
+        if self.category_prior and self.proposals == GroundTruthProposer.name:
+            raise ValueError(
+                f"category_prior={self.category_prior!r} with proposals='gt' would score each "
+                "box by its annotated category, a gold label no method may see; use a detector "
+                "whose own labels feed the prior (proposals='owlvit', 'grounding-dino', 'detr' "
+                "or 'yolo') or set category_prior=0")
+        return self
+
+
 @METHODS.register("visual-prompt")
 class VisualPrompt(ProposalScoringMethod):
     name = "visual-prompt"
     summary = "each candidate marked in the whole image (ellipse, blurred rest) and ranked by CLIP"
+    config_type = VisualPromptOptions
+    options: VisualPromptOptions
+    demo_order = 50
 
-    def __init__(
-        self,
-        prefix: str = "This is ",
-        marker: str = "ellipse",
-        color: Sequence[int] = (255, 0, 0),
-        stroke: float = 3.0,
-        blur_radius: float = 20.0,
-        backgrounds: Sequence[str] = ("blur", "blur-gray"),
-        sharp_window: bool = True,
-        aggregate: str = "max",
-        debias: int = 5000,
-        debias_file: str | None = None,
-        debias_seed: int = 0,
-        category_prior: float = 0.0,
-        category_template: str = "A picture of a {}",
-        **options: object,
-    ) -> None:
-        if aggregate not in AGGREGATIONS:
-            raise ConfigError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
-        if debias < 0:
-            raise ConfigError(f"debias (number of expressions) must be >= 0, got {debias}")
-        proposals = options.get("proposals", DEFAULT_PROPOSALS)
-        if category_prior and proposals == GroundTruthProposer.name:
-            # Checked before any model loads: with gt proposals the labels are gold categories.
-            raise ConfigError(
-                f"visual-prompt: category_prior={category_prior!r} with proposals='gt' would "
-                "score each box by its annotated category, a gold label no method may see; "
-                "use a detector whose own labels feed the prior (proposals='owlvit', "
-                "'grounding-dino', 'detr' or 'yolo') or set category_prior=0")
-        super().__init__(**options)  # type: ignore[arg-type]
-        red, green, blue = (int(c) for c in color)
-        self.style = PromptStyle(marker=marker, color=(red, green, blue), stroke=float(stroke),
-                                 blur_radius=float(blur_radius),
-                                 backgrounds=tuple(backgrounds), sharp_window=sharp_window)
-        self.prefix = prefix
-        self.aggregate = aggregate
-        self.debias = debias
-        self.debias_seed = debias_seed
-        self.category_prior = category_prior
-        self.category_template = category_template
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        config = self.options
+        self.style = PromptStyle(marker=config.marker, color=config.color,
+                                 stroke=config.stroke, blur_radius=config.blur_radius,
+                                 backgrounds=config.backgrounds,
+                                 sharp_window=config.sharp_window)
+        self.prefix = config.prefix
+        self.aggregate = config.aggregate
+        self.debias = config.debias
+        self.debias_seed = config.debias_seed
+        self.category_prior = config.category_prior
+        self.category_template = config.category_template
         self.debias_texts: list[str] | None = None
         self._debias_means: dict[int, Tensor] = {}  # per encoder, mean debias text feature
-        if debias and debias_file is not None:
-            with open(debias_file, encoding="utf-8") as stream:
+        if config.debias and config.debias_file is not None:
+            with open(config.debias_file, encoding="utf-8") as stream:
                 lines = [line.strip() for line in stream if line.strip()]
             self.set_debias_expressions(lines)
 

@@ -126,9 +126,9 @@ class GrounderCache:
             logger.info("dropped model %s %s (cache holds %d)", *evicted, self._max_models)
 
     def _build(self, method: str, options: dict[str, Any]) -> GrounderLike:
-        """Load one model. Constructors check few options themselves, so what they raise on
-        bad ones is whatever the code below them raises (TypeError for an unknown option,
-        ValueError for a bad value, torch's AssertionError for a device it was not built for):
+        """Load one model. Methods validate their options (an unknown or mistyped one is a
+        :class:`ConfigError`), but what a value makes the code below them do can still fail
+        otherwise (a ValueError, torch's AssertionError for a device it was not built for):
         those become a :class:`ConfigError` with the original message, which the CLI prints
         to the operator. The server shows clients none of these messages (they hold the
         operator's options, paths included); see ``GroundService.load``."""

@@ -9,9 +9,12 @@ already loaded model scores: bounded numbers, choices from a fixed list, switche
 else is refused *before* a model is built, so no request can make the server list a directory,
 create a file, probe whether a path exists, or start a download.
 
-The table is read from the methods' constructors (``refground.methods``); the choices are the
-methods' own constants so the two cannot drift apart. A method missing from the table (a new
-or third-party one) accepts no client options at all: the safe default.
+The table is a policy over the methods' option schemas (each method's ``config_type``,
+:mod:`refground.methods.options`): which of those options a request may set, with bounds
+tighter than the schema's types. The choices are the constants the schemas validate against, so
+the two cannot drift apart, and every name here is an option of its method's schema, whose
+default the rule accepts (tests/test_serve.py checks both). A method missing from the table (a
+new or third-party one) accepts no client options at all: the safe default.
 
 None of these options loads weights: a request's options build a new method object around the
 CLIP the served model already loaded (``load_clip`` caches it per process), so a variant costs

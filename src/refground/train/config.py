@@ -197,14 +197,6 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return result
 
 
-def parse_override(pair: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-4"`` -> ``("optim.lr", 0.0003)``; values are read as YAML."""
-    key, sep, raw = pair.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {pair!r} must look like section.key=value")
-    return key, yaml.safe_load(raw)
-
-
 def build_config(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                  source: str = "<config>", schema: type[SchemaT] = TrainConfig) -> SchemaT:  # type: ignore[assignment]
     """``data`` with dotted ``overrides`` applied, validated as ``schema`` (a training run's

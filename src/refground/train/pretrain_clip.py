@@ -45,6 +45,7 @@ from refground.evaluate.runner import evaluate
 from refground.images import load_image
 from refground.methods.crop_rank import CropRank
 from refground.methods.visual_prompt import VisualPrompt
+from refground.overrides import parse_assignment
 from refground.types import BoxTuple, Sample
 from refground.vision.clip import ClipEncoder
 from refground.vision.preprocess import ClipPreprocessConfig, pil_to_tensor, preprocess_tensor
@@ -380,17 +381,19 @@ CLI_FLAGS = ("steps", "images_per_step", "seed", "eval_every", "export_dtype")
 
 
 def config_override(pair: str) -> tuple[str, object]:
-    """``name=value`` for a PretrainConfig field, the value converted to the field's type."""
-    name, sep, raw = pair.partition("=")
+    """``name=value`` for a PretrainConfig field: the value read as every ``--set`` value is
+    (:mod:`refground.overrides`), then checked against the field's type."""
     defaults = asdict(PretrainConfig())
-    if not sep or name not in defaults:
+    name, value = parse_assignment(pair, "--set")
+    if name not in defaults:
         raise ConfigError(f"--set takes name=value with a PretrainConfig field "
                           f"({', '.join(defaults)}), got {pair!r}")
-    try:
-        return name, type(defaults[name])(raw)
-    except ValueError:
-        raise ConfigError(f"--set {name}: {raw!r} is not a {type(defaults[name]).__name__}"
-                          ) from None
+    expected = type(defaults[name])
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or isinstance(value, bool) is not (expected is bool):
+        raise ConfigError(f"--set {name}: {value!r} is not a {expected.__name__}")
+    return name, value
 
 
 def normalized(features: Tensor) -> Tensor:
