@@ -1,5 +1,5 @@
 """Compare evaluation runs: a Markdown table of their ``metrics.json`` files and grouped bar
-charts (one bar per run) overall and per expression type.
+charts (one bar per run), overall and per breakdown (expression type, same-category distractors).
 
 Markdown because it pastes into an issue, a pull request or a paper draft unchanged; numbers are
 percentages with one decimal, as the terminal tables print them, and the best run of each
