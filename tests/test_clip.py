@@ -20,13 +20,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from refground.errors import ConfigError, RefgroundError
-from refground.vision.clip import (
-    ClipEncoder,
-    ModelLoadError,
-    UnsupportedModelError,
-    resolve_model_source,
-)
+from refground.errors import ConfigError, ModelLoadError, RefgroundError
+from refground.vision.clip import ClipEncoder
+from refground.vision.loading import UnsupportedModelError, resolve_model_source
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
     pil_to_tensor,

@@ -100,7 +100,7 @@ FORBIDDEN = {
 
 @pytest.mark.parametrize("case", list(FORBIDDEN))
 def test_options_naming_server_things_are_refused(spy: Any, case: str) -> None:
-    """No listing of /etc (vision/clip.py lists a directory without config.json), no build."""
+    """No listing of /etc (vision/loading.py lists a directory without config.json), no build."""
     client, loader = spy
     response = post(client, png_bytes(), options=json.dumps(FORBIDDEN[case]))
     assert response.status_code == 403, response.text

@@ -131,7 +131,12 @@ def eval_command(
     """Evaluate a method on one split; print Acc@0.5/0.75/0.9, mIoU and breakdowns."""
     from refground.data.refer import load_refer_split
     from refground.evaluate.runner import evaluate
-    from refground.evaluate.table import breakdown_table, comparison_table, graph_use_line
+    from refground.evaluate.table import (
+        BREAKDOWNS,
+        breakdown_table,
+        comparison_table,
+        graph_use_line,
+    )
     from refground.methods import DatasetInfo, build_method
 
     if resume and out is None:
@@ -154,8 +159,7 @@ def eval_command(
     result = evaluate(run_method, samples, out, batch_size, resume, progress, run_info)
     title = f"{dataset}({split_by}) {split}"
     console.print(comparison_table({method: result.metrics}, title=title))
-    for key, name in (("by_type", "expression type"), ("by_distractors", "same-category "
-                                                                          "distractors")):
+    for key, name in BREAKDOWNS:
         if result.metrics[key]:
             console.print(breakdown_table(result.metrics, key, f"{method}: by {name}"))
     if "dropped_relations" in result.metrics:

@@ -1,4 +1,9 @@
-"""Rich tables of metrics, for the terminal."""
+"""How metrics are shown: their labels, the breakdowns reported, percentages; and the rich
+tables that print them in the terminal.
+
+``refground report`` (:mod:`refground.viz.report`) renders the same breakdowns, labels and
+percentages in Markdown, so a run's terminal table and its report agree.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,15 @@ from typing import Any
 from rich.table import Table
 
 HEADLINE = ("acc@0.5", "acc@0.75", "acc@0.9", "miou")
+LABELS = {"acc@0.5": "Acc@0.5", "acc@0.75": "Acc@0.75", "acc@0.9": "Acc@0.9", "miou": "mIoU"}
+#: Breakdowns reported per group: (metrics key, what the groups are).
+BREAKDOWNS = (("by_type", "expression type"), ("by_distractors", "same-category distractors"))
+#: The metrics shown for each group of a breakdown.
+BREAKDOWN_METRICS = ("acc@0.5", "miou")
 
 
-def _percent(value: float) -> str:
+def percent(value: float) -> str:
+    """A fraction as a percentage with one decimal, as every table prints it."""
     return f"{100 * value:.1f}"
 
 
@@ -20,22 +31,21 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]], title: str = "") -> 
     table.add_column("method")
     table.add_column("n", justify="right")
     for key in HEADLINE:
-        table.add_column(key.replace("acc", "Acc").replace("miou", "mIoU"), justify="right")
+        table.add_column(LABELS[key], justify="right")
     for name, metrics in runs.items():
-        table.add_row(name, str(metrics["n"]), *(_percent(metrics[k]) for k in HEADLINE))
+        table.add_row(name, str(metrics["n"]), *(percent(metrics[k]) for k in HEADLINE))
     return table
 
 
 def breakdown_table(metrics: Mapping[str, Any], key: str, title: str) -> Table:
-    """Acc@0.5 and mIoU per group of one breakdown (``by_type``, ``by_distractors``, ...)."""
+    """The :data:`BREAKDOWN_METRICS` per group of one breakdown (``by_type``, ...) of one run."""
     table = Table(title=title)
     table.add_column(key.removeprefix("by_"))
     table.add_column("n", justify="right")
-    table.add_column("Acc@0.5", justify="right")
-    table.add_column("mIoU", justify="right")
+    for metric in BREAKDOWN_METRICS:
+        table.add_column(LABELS[metric], justify="right")
     for group, values in metrics.get(key, {}).items():
-        table.add_row(group, str(values["n"]), _percent(values["acc@0.5"]),
-                      _percent(values["miou"]))
+        table.add_row(group, str(values["n"]), *(percent(values[m]) for m in BREAKDOWN_METRICS))
     return table
 
 

@@ -1,4 +1,5 @@
-"""Vision building blocks: CLIP features (:mod:`.clip`), tensor preprocessing, tiny test models.
+"""Vision building blocks: CLIP features (:mod:`.clip`), checkpoint loading (:mod:`.loading`),
+tensor preprocessing, tiny test models.
 
 Names are imported lazily, so ``import refground.vision`` stays cheap and does not pull in
 transformers until a CLIP name is used.
@@ -11,10 +12,10 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "ClipEncoder": "refground.vision.clip",
-    "DEFAULT_CLIP_MODEL": "refground.vision.clip",
-    "ModelLoadError": "refground.vision.clip",
-    "UnsupportedModelError": "refground.vision.clip",
-    "TextCacheInfo": "refground.vision.clip",
+    "DEFAULT_CLIP_MODEL": "refground.vision.loading",
+    "ModelLoadError": "refground.errors",
+    "UnsupportedModelError": "refground.vision.loading",
+    "TextCacheInfo": "refground.vision.text_cache",
     "ClipPreprocessConfig": "refground.vision.preprocess",
     "preprocess_tensor": "refground.vision.preprocess",
     "preprocess_pil": "refground.vision.preprocess",

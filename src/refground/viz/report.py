@@ -1,5 +1,5 @@
 """Compare evaluation runs: a Markdown table of their ``metrics.json`` files and grouped bar
-charts (one bar per run) overall and per expression type.
+charts (one bar per run), overall and per breakdown (expression type, same-category distractors).
 
 Markdown because it pastes into an issue, a pull request or a paper draft unchanged; numbers are
 percentages with one decimal, as the terminal tables print them, and the best run of each
@@ -18,13 +18,8 @@ from typing import Any
 
 from refground.errors import InputError
 from refground.evaluate.runner import METRICS_FILE
-from refground.evaluate.table import HEADLINE
+from refground.evaluate.table import BREAKDOWN_METRICS, BREAKDOWNS, HEADLINE, LABELS, percent
 from refground.viz.plotting import new_figure, save_png
-
-LABELS = {"acc@0.5": "Acc@0.5", "acc@0.75": "Acc@0.75", "acc@0.9": "Acc@0.9", "miou": "mIoU"}
-#: Breakdowns reported per group: (metrics key, what the groups are).
-BREAKDOWNS = (("by_type", "expression type"), ("by_distractors", "same-category distractors"))
-BREAKDOWN_METRICS = ("acc@0.5", "miou")
 
 
 @dataclass(frozen=True)
@@ -102,10 +97,6 @@ def load_runs(paths: Sequence[Path], names: Sequence[str] = ()) -> list[Run]:
         raise InputError("give at least one metrics.json (or run directory) to report on")
     return [Run(name, Path(path), load_metrics(Path(path)))
             for name, path in zip(run_names(paths, names), paths, strict=True)]
-
-
-def percent(value: float) -> str:
-    return f"{100 * value:.1f}"
 
 
 def _row(cells: Sequence[str]) -> str:
