@@ -1,5 +1,5 @@
 """Grounding methods, registered by name; see :data:`refground.methods.base.METHODS`."""
 
-from refground.methods.base import METHODS, DatasetInfo, Method, build_method, trainable_methods
+from refground.methods.base import METHODS, Method, build_method, trainable_methods
 
-__all__ = ["METHODS", "DatasetInfo", "Method", "build_method", "trainable_methods"]
+__all__ = ["METHODS", "Method", "build_method", "trainable_methods"]
