@@ -35,9 +35,9 @@ from refground.vision.shipped import load_clip
 
 def split_objects(data: Path, split: str) -> list[tuple[Path, tuple[float, ...], str, str]]:
     """(image, xyxy box, colour, shape) of every object in the images of ``split``."""
-    from refground.data.refer import load_refer_split
+    from refground.data.synth import synthref_dataset
 
-    samples = load_refer_split(data, "synthref", "synth", split).samples
+    samples = synthref_dataset(data).split(split).samples
     instances = json.loads((data / "synthref" / "instances.json").read_text(encoding="utf-8"))
     colors = {a["id"]: a["color"] for a in instances["annotations"]}
     seen: set[Path] = set()

@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.language import get_parser
 from refground.types import Entity, SceneGraph
 from refground.vocabulary import GENERIC_HEADS, IMPLICIT_HEAD
@@ -312,7 +312,7 @@ def main() -> None:
             raise SystemExit(f"error: {error}") from None
         return
 
-    samples = [s for s in load_refer_split(args.data, args.dataset, args.split_by, args.split)
+    samples = [s for s in Dataset(args.data, args.dataset, args.split_by).split(args.split)
                if s.graph is not None]
     if not samples:
         raise SystemExit(f"no gold graphs in {args.dataset} {args.split} (SynthRef has them)")

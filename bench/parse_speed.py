@@ -39,9 +39,9 @@ def expressions(data: Path | None, split: str, count: int) -> list[str]:
     if data is None:
         texts: Sequence[str] = BUILT_IN
     else:
-        from refground.data.refer import load_refer_split
+        from refground.data.synth import synthref_dataset
 
-        texts = [s.expression for s in load_refer_split(data, "synthref", "synth", split)]
+        texts = synthref_dataset(data).expressions(split)
     # distinct strings even when repeated, so no layer can answer from a cache
     return [f"{text} {index // len(texts)}" if index >= len(texts) else text
             for index, text in zip(range(count), itertools.cycle(texts))]

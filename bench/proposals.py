@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from rich.console import Console
 from rich.table import Table
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.evaluate.proposal_recall import proposer_recall
 from refground.overrides import parse_assignments
 from refground.vision.proposals import build_proposer
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N expressions")
     args = parser.parse_args()
 
-    samples = list(load_refer_split(args.data, args.dataset, args.split_by, args.split).samples)
+    samples = list(Dataset(args.data, args.dataset, args.split_by).split(args.split).samples)
     samples = samples[: args.limit]
     options = parse_assignments(args.options, "-o")
     table = Table(title=f"referent recall on {args.dataset} {args.split} ({len(samples)} "

@@ -37,8 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def requests_from(data: Path | None, limit: int = 200) -> list[Request]:
         if root is None:
             root = Path(tmp)
             generate_synthref(root, seed=11, num_images=20)
-        samples = load_refer_split(root, "synthref", "synth", "test").samples[:limit]
+        samples = synthref_dataset(root).split("test", limit=limit).samples
         return [Request(s.image_path.read_bytes(), s.expression,
                         json.dumps([list(a.box) for a in s.annotations]))
                 for s in samples if s.annotations]

@@ -35,8 +35,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refground.data.refer import load_refer_split
-from refground.methods import DatasetInfo, build_method
+from refground.data.synth import synthref_dataset
+from refground.methods import build_method
 from refground.methods.trainable import TrainableMethod, cache_features, move_batch
 from refground.train.data import StepPlan, epoch_loader
 from refground.types import Sample
@@ -111,24 +111,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    samples = load_refer_split(args.data, "synthref", "synth", "train").samples
+    dataset = synthref_dataset(args.data)
+    samples = dataset.split("train").samples
     samples = samples[:(args.steps + 1) * args.batch_size]
-    info = DatasetInfo(args.data, "synthref", "synth")
     print(f"{len(samples)} SynthRef train samples, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, {args.workers} loader worker(s)")
     rows = []
     for name in args.methods:
         cached_method = build(name)
-        cached_method.prepare(info)
+        cached_method.prepare(dataset)
         start = time.perf_counter()
-        cache_features(cached_method, samples, info, log=lambda _: None)
+        cache_features(cached_method, samples, dataset, log=lambda _: None)
         built = time.perf_counter() - start
         cached = fast_loop(cached_method, samples, args.batch_size, args.workers)
         images_method = build(name)
-        images_method.prepare(info)
+        images_method.prepare(dataset)
         images = fast_loop(images_method, samples, args.batch_size, args.workers)
         naive_method = build(name)
-        naive_method.prepare(info)
+        naive_method.prepare(dataset)
         naive = naive_loop(naive_method, samples, args.batch_size)
         rows.append((name, cached, images, naive, built))
     print(f"{'method':<12}{'cached/s':>10}{'images/s':>10}{'naive/s':>9}"

@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.reference_visual_prompt import reference_scores
 
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.methods.visual_prompt import VisualPrompt
 from refground.types import Sample
 from refground.vision.clip import ClipEncoder
@@ -91,12 +90,12 @@ def main() -> None:
     encoder = load_encoder(args.clip, torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         generate_synthref(tmp, seed=0, num_images=args.images)
-        samples = list(load_refer_split(tmp, "synthref", "synth", "test").samples)
-        train = load_refer_split(tmp, "synthref", "synth", "train").samples
+        dataset = synthref_dataset(tmp)
+        samples = list(dataset.split("test").samples)
         if args.one_per_image:
             samples = list({s.image_path: s for s in reversed(samples)}.values())[::-1]
         samples = samples[:args.samples]
-        debias_texts = sorted({s.expression for s in train})[:args.debias]
+        debias_texts = sorted(set(dataset.expressions("train")))[:args.debias]
 
         rows = {"fast fp32": time_fast(encoder, samples, debias_texts),
                 "fast bf16": time_fast(load_encoder(args.clip, torch.bfloat16), samples,

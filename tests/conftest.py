@@ -95,10 +95,10 @@ def synthref_root(factory: pytest.TempPathFactory, seed: int = 3, images: int = 
 def synthref_split(factory: pytest.TempPathFactory, split: str = "test", seed: int = 3,
                    images: int = 10) -> list[Sample]:
     """The samples of one split of a shared small SynthRef (see :func:`synthref_root`)."""
-    from refground.data.refer import load_refer_split
+    from refground.data.synth import synthref_dataset
 
     root = synthref_root(factory, seed, images)
-    return list(load_refer_split(root, "synthref", "synth", split).samples)
+    return list(synthref_dataset(root).split(split).samples)
 
 
 @pytest.fixture(scope="session")

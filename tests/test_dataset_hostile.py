@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.data.safe_pickle import load_plain_pickle
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.errors import DatasetError, UnsafePickleError
 from tests.conftest import MINI_IMAGES, write_mini_refer
 
@@ -114,8 +114,8 @@ def test_image_paths_outside_the_image_folder_are_refused(tmp_path: Path,
     instances["images"] = images
     write_mini_refer(root, instances=instances)
     with pytest.raises(DatasetError, match=r"images\[0\] is malformed.*file_name"):
-        load_refer_split(root, "refcocog", "umd", "test")
-    split = load_refer_split(root, "refcocog", "umd", "test", skip_invalid=True)
+        Dataset(root, "refcocog", "umd").split("test")
+    split = Dataset(root, "refcocog", "umd").split("test", skip_invalid=True)
     assert {s.image_id for s in split.samples} <= {42}
     assert any("file_name" in problem for problem in split.skipped)
     assert all(outside != s.image_path.resolve() for s in split.samples)
@@ -129,7 +129,7 @@ def test_nested_image_folders_still_load(tmp_path: Path) -> None:
     instances = json.loads((root / "refcocog" / "instances.json").read_text())
     instances["images"][0]["file_name"] = f"train2014/{name}"
     write_mini_refer(root, instances=instances)
-    split = load_refer_split(root, "refcocog", "umd", "test")
+    split = Dataset(root, "refcocog", "umd").split("test")
     assert {s.image_path.parent.name for s in split.samples} == {"train2014"}
 
 
@@ -190,15 +190,14 @@ def fuzz_dataset_file(source: Path, work: Path, target: str, cases: int,
     original = path.read_bytes()
     edit = mutate_json if target.endswith(".json") else mutate
     rng = random.Random(seed)
-    load_refer_split(root, "synthref", "synth", "train")  # imports and caches warmed up
+    synthref_dataset(root).split("train")  # imports and caches warmed up
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     outcomes = {"split": 0, "error": 0}
     for _ in range(cases):
         path.write_bytes(edit(original, rng))
         try:
             for split in ("train", "test"):
-                load_refer_split(root, "synthref", "synth", split,
-                                 skip_invalid=rng.random() < 0.5)
+                synthref_dataset(root).split(split, skip_invalid=rng.random() < 0.5)
             outcomes["split"] += 1
         except DatasetError as error:
             assert str(error), "a DatasetError must say what is wrong"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.errors import ConfigError, ModelLoadError
 from refground.methods import build_method
 from refground.methods.detr import (
@@ -50,7 +50,7 @@ def tiny_options(text_model: Path | str, **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def samples(mini_refer: Path) -> list[Sample]:
-    return load_refer_split(mini_refer, "refcocog", "umd", "test").samples
+    return Dataset(mini_refer, "refcocog", "umd").split("test").samples
 
 
 # --- plain-Python references ------------------------------------------------------------------

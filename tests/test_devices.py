@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.devices import device_spec, resolve_device, same_device
 from refground.errors import ConfigError
 from refground.methods import build_method
@@ -165,7 +164,7 @@ def test_checkpoints_do_not_keep_the_device(name: str, saved_with: str, loaded_w
     options = {} if loaded_with is None else {"device": loaded_with}
     loaded = build_method(name, checkpoint=str(saved), **options)
     assert loaded.device == CPU
-    samples = load_refer_split(synth_root, "synthref", "synth", "val").samples[:2]
+    samples = synthref_dataset(synth_root).split("val").samples[:2]
     assert [p.box for p in loaded.predict(samples)] == [p.box for p in method.predict(samples)]
 
 

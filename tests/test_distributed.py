@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from refground.data.refer import load_refer_split
+from refground.data.synth import synthref_dataset
 from refground.evaluate.runner import evaluate
 from refground.methods import build_method
 from refground.train.config import load_config
@@ -80,7 +80,7 @@ def test_two_processes_match_one(tmp_path: Path,
     # and the sharded evaluation equals a plain one-process evaluation of the same weights
     register()
     method = build_method("tiny-test", checkpoint=str(tmp_path / "p2" / "checkpoints" / "last"))
-    samples = load_refer_split(root, "synthref", "synth", "val").samples[:11]
+    samples = synthref_dataset(root).split("val").samples[:11]
     plain = evaluate(method, samples, progress=False).metrics
     sharded = runs[2]["last_metrics"]
     assert plain["n"] == sharded["n"] and plain["acc@0.5"] == sharded["acc@0.5"]

@@ -214,8 +214,8 @@ def test_regress_head_loss_matches_an_independent_computation(tiny_clip: Path,
 def test_parsed_graphs_come_from_the_dataset_cache(tiny_clip: Path, samples: list[Sample],
                                                    tmp_path: Path) -> None:
     """prepare() reads graphs.<backend>.jsonl; a cached graph wins over parsing."""
+    from refground.data.synth import synthref_dataset
     from refground.language import cache_key, graph_cache_path, write_graph_cache
-    from refground.methods.base import DatasetInfo
 
     sample = samples[0]
     planted = SceneGraph((Entity("the planted thing", "thing"), Entity("the anchor", "anchor")),
@@ -225,7 +225,7 @@ def test_parsed_graphs_come_from_the_dataset_cache(tiny_clip: Path, samples: lis
     method = build_method("erpa", clip=str(tiny_clip),
                           **{**TINY, "graphs": "parsed", "parser_backend": "rules"})
     parsed = method.collator()([sample])
-    method.prepare(DatasetInfo(tmp_path, "synthref", "synth"))
+    method.prepare(synthref_dataset(tmp_path))
     cached = method.collator()([sample])
     assert cached["node_entity"].max() == 1 and cached["edge_mask"].any()
     assert not torch.equal(parsed["input_ids"], cached["input_ids"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.errors import ConfigError, UnknownNameError
 from refground.evaluate.metrics import compute_metrics
 from refground.evaluate.records import EvalRecord
@@ -91,7 +91,7 @@ def test_metrics_match_independent_computation() -> None:
 
 
 def test_oracle_is_perfect_and_baselines_are_not(mini_refer: Path) -> None:
-    samples = load_refer_split(mini_refer, "refcocog", "umd", "test").samples
+    samples = Dataset(mini_refer, "refcocog", "umd").split("test").samples
     oracle = evaluate(build_method("oracle"), samples, progress=False).metrics
     assert oracle["acc@0.5"] == 1.0 and oracle["miou"] == pytest.approx(1.0)
     largest = evaluate(build_method("largest"), samples, progress=False)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
-from refground.methods import DatasetInfo, build_method
+from refground.data import Dataset
+from refground.data.synth import generate_synthref, synthref_dataset
+from refground.methods import build_method
 from refground.methods.trainable import TrainableMethod, cache_features
 from refground.types import Sample
 from refground.vision.feature_cache import (
@@ -42,12 +42,12 @@ def dataset(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def info(root: Path) -> DatasetInfo:
-    return DatasetInfo(root, "synthref", "synth")
+def info(root: Path) -> Dataset:
+    return synthref_dataset(root)
 
 
 def samples_of(root: Path) -> list[Sample]:
-    return list(load_refer_split(root, "synthref", "synth", "train").samples)[:12]
+    return list(synthref_dataset(root).split("train").samples)[:12]
 
 
 def method(name: str, tiny_clip_600: Path, **options: Any) -> TrainableMethod:

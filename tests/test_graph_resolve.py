@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from refground import boxes as B
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.data.synth.logical_forms import TRUE, _box_gaps, _directional, _next_to
 from refground.errors import ConfigError, UnknownNameError
 from refground.language import spatial
@@ -305,7 +304,7 @@ def test_log_membership_keeps_the_scorer_order() -> None:
 def synth_samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     root = tmp_path_factory.mktemp("synth") / "data"
     generate_synthref(root, seed=11, num_images=48, workers=1)
-    return list(load_refer_split(root, "synthref", "synth", "train").samples)
+    return list(synthref_dataset(root).split("train").samples)
 
 
 @pytest.fixture(scope="module")
@@ -432,14 +431,13 @@ def test_cli_eval_with_gold_graphs(tmp_path: Path, one_thread: None) -> None:
 
 def test_prepare_loads_the_datasets_graph_cache(tmp_path: Path) -> None:
     from refground.language import cache  # the project's own module: a broken import fails
-    from refground.methods import DatasetInfo
 
     graph = SceneGraph((entity("red circle"),))
     path = cache.graph_cache_path(tmp_path / "synthref", "rules")
     cache.write_graph_cache(path, {"the red circle": graph})
     method = GraphResolve(graphs="parsed", parser_backend="rules", scorer_options={"debias": 0},
                           scorer="visual-prompt")
-    method.prepare(DatasetInfo(tmp_path, "synthref", "synth"))
+    method.prepare(synthref_dataset(tmp_path))
     assert method.cache == {"the red circle": graph}
     explicit = GraphResolve(graphs="parsed", graph_cache=str(path))
     assert explicit.cache == {"the red circle": graph}

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 
 from refground import vocabulary
 from refground.cli import app
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.errors import MissingDependencyError
 from refground.language import (
     MAX_CHARS,
@@ -355,7 +354,7 @@ def f1(predicted: list[list[str]], gold: list[list[str]]) -> float:
 
 def test_synthref_heads_and_spatial(synth_root: Path, backend: str) -> None:
     samples = [s for split in ("train", "test")
-               for s in load_refer_split(synth_root, "synthref", "synth", split)]
+               for s in synthref_dataset(synth_root).split(split)]
     assert len(samples) >= 80
     texts = [s.expression for s in samples]
     gold_heads = [simple_heads(text) for text in texts]
@@ -372,5 +371,5 @@ def test_cli_prepare_graphs_writes_the_cache(synth_root: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "sentences/s" in result.output
     cache = load_graph_cache(synth_root / "synthref" / "graphs.rules.jsonl")
-    sample = load_refer_split(synth_root, "synthref", "synth", "test").samples[0]
+    sample = synthref_dataset(synth_root).split("test").samples[0]
     assert graphs_for([sample.expression], cache, backend="rules")[0] == sample.graph

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.data.safe_pickle import load_plain_pickle
 from refground.errors import DatasetError, UnsafePickleError
 from tests.conftest import (
@@ -22,7 +22,7 @@ from tests.conftest import (
 
 
 def test_one_sample_per_sentence_with_metadata(mini_refer: Path) -> None:
-    split = load_refer_split(mini_refer, "refcocog", "umd", "test")
+    split = Dataset(mini_refer, "refcocog", "umd").split("test")
     assert [s.sample_id for s in split] == ["2:200", "2:201", "2:202", "3:300"]
     tall_man = split.samples[0]
     assert tall_man.expression == "the tall man"
@@ -40,13 +40,13 @@ def test_one_sample_per_sentence_with_metadata(mini_refer: Path) -> None:
 
 
 def test_other_splits_and_unknown_split(mini_refer: Path) -> None:
-    assert len(load_refer_split(mini_refer, "refcocog", "umd", "train")) == 2
-    val = load_refer_split(mini_refer, "refcocog", "umd", "val")
+    assert len(Dataset(mini_refer, "refcocog", "umd").split("train")) == 2
+    val = Dataset(mini_refer, "refcocog", "umd").split("val")
     assert val.samples[0].gt_box == (0.0, 0.0, 50.5, 40.0)
     with pytest.raises(DatasetError, match="it has: test, train, val"):
-        load_refer_split(mini_refer, "refcocog", "umd", "testA")
+        Dataset(mini_refer, "refcocog", "umd").split("testA")
     with pytest.raises(DatasetError, match=r"refs\(umd\)\.p"):
-        load_refer_split(mini_refer, "refcocog", "google", "val")
+        Dataset(mini_refer, "refcocog", "google").split("val")
 
 
 class _CreatesFile:
@@ -69,7 +69,7 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
     root = write_mini_refer(tmp_path / "data")
     (root / "refcocog" / "refs(umd).p").write_bytes(payload)
     with pytest.raises(UnsafePickleError, match="refused to load"):
-        load_refer_split(root, "refcocog", "umd", "test")
+        Dataset(root, "refcocog", "umd").split("test")
     assert not marker.exists()
 
 
@@ -97,7 +97,7 @@ def test_truncated_pickle_is_a_clear_error(mini_refer: Path) -> None:
     path = mini_refer / "refcocog" / "refs(umd).p"
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(DatasetError, match="not a readable REFER pickle"):
-        load_refer_split(mini_refer, "refcocog", "umd", "test")
+        Dataset(mini_refer, "refcocog", "umd").split("test")
 
 
 def test_missing_key_names_file_and_record(tmp_path: Path) -> None:
@@ -106,8 +106,8 @@ def test_missing_key_names_file_and_record(tmp_path: Path) -> None:
     root = write_mini_refer(tmp_path / "data", refs=refs)
     expected = r"refs\(umd\)\.p, ref #2 \(ref_id=3\): missing key 'ann_id'"
     with pytest.raises(DatasetError, match=expected):
-        load_refer_split(root, "refcocog", "umd", "test")
-    split = load_refer_split(root, "refcocog", "umd", "test", skip_invalid=True)
+        Dataset(root, "refcocog", "umd").split("test")
+    split = Dataset(root, "refcocog", "umd").split("test", skip_invalid=True)
     assert len(split) == 3 and len(split.skipped) == 1
 
 
@@ -116,13 +116,13 @@ def test_unknown_ann_id_and_missing_image(tmp_path: Path) -> None:
     refs[2]["ann_id"] = 12345
     root = write_mini_refer(tmp_path / "data", refs=refs)
     with pytest.raises(DatasetError, match=r"ann_id 12345 is not in instances\.json"):
-        load_refer_split(root, "refcocog", "umd", "test")
+        Dataset(root, "refcocog", "umd").split("test")
 
     root = write_mini_refer(tmp_path / "data2")
     (root / "images" / "COCO_train2014_000000000042.jpg").unlink()
     with pytest.raises(DatasetError, match=r"image file missing: .*000000000042\.jpg"):
-        load_refer_split(root, "refcocog", "umd", "val")
-    assert len(load_refer_split(root, "refcocog", "umd", "val", skip_invalid=True)) == 0
+        Dataset(root, "refcocog", "umd").split("val")
+    assert len(Dataset(root, "refcocog", "umd").split("val", skip_invalid=True)) == 0
 
 
 def test_empty_sentence_is_invalid(tmp_path: Path) -> None:
@@ -130,33 +130,33 @@ def test_empty_sentence_is_invalid(tmp_path: Path) -> None:
     refs[2]["sentences"][0]["sent"] = "   "
     root = write_mini_refer(tmp_path / "data", refs=refs)
     with pytest.raises(DatasetError, match="sentence 300 is empty"):
-        load_refer_split(root, "refcocog", "umd", "test")
+        Dataset(root, "refcocog", "umd").split("test")
 
 
 def test_malformed_instances(tmp_path: Path) -> None:
     root = write_mini_refer(tmp_path / "data")
     (root / "refcocog" / "instances.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"instances\.json: not valid JSON"):
-        load_refer_split(root, "refcocog", "umd", "test")
+        Dataset(root, "refcocog", "umd").split("test")
 
     bad = [dict(a) for a in MINI_ANNOTATIONS]
     bad[0]["bbox"] = [10, 10, -5, 3]
     instances = {"images": MINI_IMAGES, "annotations": bad, "categories": MINI_CATEGORIES}
     root = write_mini_refer(tmp_path / "data2", instances=instances)
     with pytest.raises(DatasetError, match=r"annotations\[0\] is malformed.*negative width"):
-        load_refer_split(root, "refcocog", "umd", "test")
+        Dataset(root, "refcocog", "umd").split("test")
     # skipping the bad annotation makes ref 1 (which uses it) invalid in turn, not test refs
-    assert len(load_refer_split(root, "refcocog", "umd", "test", skip_invalid=True)) == 4
+    assert len(Dataset(root, "refcocog", "umd").split("test", skip_invalid=True)) == 4
 
     root = write_mini_refer(tmp_path / "data3", instances={"images": []})
     with pytest.raises(DatasetError, match="missing list 'annotations'"):
-        load_refer_split(root, "refcocog", "umd", "test")
+        Dataset(root, "refcocog", "umd").split("test")
     json.dumps(instances)  # the fixture itself stays serialisable
 
 
 def test_missing_directories(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="dataset directory not found"):
-        load_refer_split(tmp_path, "refcoco", "unc", "val")
+        Dataset(tmp_path, "refcoco", "unc").split("val")
     root = write_mini_refer(tmp_path / "data")
     with pytest.raises(DatasetError, match="image directory not found"):
-        load_refer_split(root, "refcocog", "umd", "test", images_dir=tmp_path / "nope")
+        Dataset(root, "refcocog", "umd", images_dir=tmp_path / "nope").split("test")

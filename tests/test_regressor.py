@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.errors import ConfigError, MissingDependencyError, ModelLoadError
 from refground.methods.base import build_method
 from refground.methods.box_losses import SmoothL1, box_regression_loss
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     """Four samples with four different boxes (two images)."""
     root = write_mini_refer(tmp_path_factory.mktemp("data"))
-    by_split = {split: load_refer_split(root, "refcocog", "umd", split).samples
+    by_split = {split: Dataset(root, "refcocog", "umd").split(split).samples
                 for split in ("train", "test", "val")}
     chosen = [by_split["train"][0], by_split["test"][0], by_split["test"][-1], by_split["val"][0]]
     assert len({s.gt_box for s in chosen}) == 4

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.evaluate.runner import evaluate
-from refground.methods import DatasetInfo, build_method
+from refground.methods import build_method
 from refground.types import Sample
 
 pytestmark = pytest.mark.slow  # each floor evaluates a real model on 557 expressions
@@ -66,7 +65,7 @@ def unseen_splits(tmp_path_factory: pytest.TempPathFactory
         if scale not in made:
             root = tmp_path_factory.mktemp(f"shipped-{scale}") / "data"
             generate_synthref(root, seed=21, num_images=140, scale=scale)
-            made[scale] = root, list(load_refer_split(root, "synthref", "synth", "train").samples)
+            made[scale] = root, list(synthref_dataset(root).split("train").samples)
         return made[scale]
 
     return split
@@ -84,7 +83,7 @@ def test_shipped_models_clear_their_floor(
     assert len(samples) >= 500
     assert chance_of_at_least(chances, needed) < LUCK, "too few samples for this floor"
     method = build_method(name, **options)
-    method.prepare(DatasetInfo(root, "synthref", "synth"))
+    method.prepare(synthref_dataset(root))
     metrics = evaluate(method, samples, progress=False).metrics
     print(f"{name} on {len(samples)} unseen expressions ({scale}): Acc@0.5 {metrics['acc@0.5']}")
     assert metrics["acc@0.5"] >= floor, (name, metrics["acc@0.5"], metrics["by_type"])
@@ -127,7 +126,7 @@ def test_shipped_regressors_beat_a_constant_box(
     root, samples = unseen_splits("refcoco")
     baseline = constant_box_accuracy(samples)
     method = build_method(name, checkpoint=checkpoint)
-    method.prepare(DatasetInfo(root, "synthref", "synth"))
+    method.prepare(synthref_dataset(root))
     metrics = evaluate(method, samples, progress=False).metrics
     print(f"{checkpoint}: Acc@0.5 {metrics['acc@0.5']}, constant box {baseline}")
     assert metrics["acc@0.5"] >= max(floor, 3 * baseline), (metrics["acc@0.5"], baseline)

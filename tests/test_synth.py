@@ -441,10 +441,10 @@ def test_directional_relations_hold_for_the_referent_only(refs: list[dict[str, A
 
 def test_the_refer_loader_reads_every_split(synth_root: Path,
                                             refs: list[dict[str, Any]]) -> None:
-    from refground.data.refer import load_refer_split
+    from refground.data.synth import synthref_dataset
 
     for split in SPLITS:
-        samples = load_refer_split(synth_root, "synthref", "synth", split)
+        samples = synthref_dataset(synth_root).split(split)
         expected = sum(len(r["sentences"]) for r in refs if r["split"] == split)
         assert len(samples) == expected
         sample = samples.samples[0]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.methods.visual_prompt import VisualPrompt
 from refground.types import Sample
 from refground.vision.proposals import build_proposer
@@ -18,8 +17,8 @@ from tests.reference_visual_prompt import aggregate_views, reference_view_scores
 def fixed_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Sample], list[str]]:
     root = tmp_path_factory.mktemp("parity")
     generate_synthref(root, seed=11, num_images=40)
-    samples = list(load_refer_split(root, "synthref", "synth", "test").samples)[:20]
-    train = [s.expression for s in load_refer_split(root, "synthref", "synth", "train")]
+    samples = list(synthref_dataset(root).split("test").samples)[:20]
+    train = [s.expression for s in synthref_dataset(root).split("train")]
     return samples, train
 
 

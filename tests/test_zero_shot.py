@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from refground.cli import app
-from refground.data.refer import load_refer_split
+from refground.data import Dataset
 from refground.errors import ConfigError, ImageError, ModelLoadError
-from refground.methods import DatasetInfo, build_method
+from refground.methods import build_method
 from refground.methods.crop_rank import CropRank, crop_pixels
 from refground.methods.proposal_scoring import ProposalScoringMethod
 from refground.methods.visual_prompt import VisualPrompt, debiased_similarity
@@ -33,7 +33,7 @@ def encoder() -> ClipEncoder:
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     root = write_mini_refer(tmp_path_factory.mktemp("mini"))
-    return list(load_refer_split(root, "refcocog", "umd", "test").samples)
+    return list(Dataset(root, "refcocog", "umd").split("test").samples)
 
 
 def test_debiasing_equals_the_full_matrix_column_mean() -> None:
@@ -117,10 +117,10 @@ def test_debias_expressions_come_from_train_split_only(encoder: ClipEncoder,
                                                        tmp_path: Path) -> None:
     root = write_mini_refer(tmp_path / "data")
     method = VisualPrompt(encoders=[encoder], debias=5000)
-    method.prepare(DatasetInfo(root, "refcocog", "umd"))
+    method.prepare(Dataset(root, "refcocog", "umd"))
     assert method.debias_texts == sorted(["man on the left", "left guy"])
     sampled = VisualPrompt(encoders=[encoder], debias=1, debias_seed=1)
-    sampled.prepare(DatasetInfo(root, "refcocog", "umd"))
+    sampled.prepare(Dataset(root, "refcocog", "umd"))
     assert len(sampled.debias_texts or ()) == 1
 
 

@@ -95,9 +95,10 @@ def prepare_graphs_command(
 ) -> None:
     """Parse every expression of a dataset (all splits) once; cache the graphs next to its
     annotations as <data>/<dataset>/graphs.<backend>.jsonl."""
+    from refground.data import Dataset
     from refground.language.prepare import prepare_graph_cache
 
-    result = prepare_graph_cache(data, dataset, split_by, backend, processes, batch_size)
+    result = prepare_graph_cache(Dataset(data, dataset, split_by), backend, processes, batch_size)
     refused = f"; {result.refused} empty or over-long left out" if result.refused else ""
     console.print(f"parsed {result.distinct} distinct expressions ({result.expressions} "
                   f"sentences) with the {result.backend} parser in {result.seconds:.1f} s "
@@ -129,7 +130,7 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evaluate a method on one split; print Acc@0.5/0.75/0.9, mIoU and breakdowns."""
-    from refground.data.refer import load_refer_split
+    from refground.data import Dataset
     from refground.evaluate.runner import evaluate
     from refground.evaluate.table import (
         BREAKDOWNS,
@@ -137,20 +138,21 @@ def eval_command(
         comparison_table,
         graph_use_line,
     )
-    from refground.methods import DatasetInfo, build_method
+    from refground.methods import build_method
 
     if resume and out is None:
         raise ConfigError("--resume needs --out (the run directory to continue)")
-    split_data = load_refer_split(data, dataset, split_by, split, images, skip_invalid)
+    source = Dataset(data, dataset, split_by, images)
+    split_data = source.split(split, skip_invalid=skip_invalid, limit=limit)
     if split_data.skipped:
         err_console.print(f"[yellow]skipped {len(split_data.skipped)} invalid records; "
                           f"first: {split_data.skipped[0]}[/yellow]")
-    samples = split_data.samples[:limit] if limit is not None else split_data.samples
+    samples = split_data.samples
     options = parse_assignments(option, "-o")
     if proposals is not None:
         options["proposals"] = proposals
     run_method = build_method(method, **options)
-    run_method.prepare(DatasetInfo(data, dataset, split_by, images))
+    run_method.prepare(source)
     run_info = {"method": method, "options": options, "proposals": run_method.proposer_name,
                 "dataset": dataset, "split_by": split_by, "split": split,
                 "data": str(Path(data).resolve()),
@@ -503,7 +505,7 @@ def viz(
 ) -> None:
     """Contact sheets of a run: ground truth (green) vs prediction (red), IoU and expression
     under each image, worst cases first."""
-    from refground.data.refer import load_refer_split
+    from refground.data import Dataset
     from refground.evaluate.runner import read_predictions
     from refground.viz.grid import contact_sheets, locate_images, order_records
 
@@ -515,9 +517,9 @@ def viz(
     samples = None
     if data is not None:
         run = _run_info(predictions)
-        split_data = load_refer_split(data, dataset or run.get("dataset", "synthref"),
-                                      split_by or run.get("split_by", "synth"),
-                                      split or run.get("split", "test"), images)
+        source = Dataset(data, dataset or run.get("dataset", "synthref"),
+                         split_by or run.get("split_by", "synth"), images)
+        split_data = source.split(split or run.get("split", "test"))
         samples = {s.sample_id: s for s in split_data.samples}
     items = locate_images(records, samples)
     written = contact_sheets(items, out, per_page, tile_size, title=str(predictions),

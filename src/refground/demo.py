@@ -14,12 +14,10 @@ from typing import Any
 
 from refground import boxes as B
 from refground.api import Grounder
-from refground.data.refer import load_refer_split
-from refground.data.synth import generate_synthref
+from refground.data.synth import generate_synthref, synthref_dataset
 from refground.evaluate.runner import evaluate
 from refground.methods import (
     METHODS,
-    DatasetInfo,
     build_method,
     method_type,
     trainable_methods,
@@ -115,12 +113,12 @@ def run_demo(out: Path, images: int = 200, seed: int = 7) -> DemoResult:
     """Generate SynthRef in ``out``, evaluate every demo method, ground and draw examples."""
     data_root = out / "synthref-data"
     generate_synthref(data_root, seed=seed, num_images=images)
-    split = load_refer_split(data_root, "synthref", "synth", "test")
-    info = DatasetInfo(data_root, "synthref", "synth")
+    dataset = synthref_dataset(data_root)
+    split = dataset.split("test")
     metrics = {}
     for display, (name, options) in demo_methods().items():
         method = build_method(name, **options)
-        method.prepare(info)
+        method.prepare(dataset)
         run_dir = out / display.split()[0]
         metrics[display] = evaluate(method, split.samples, run_dir, progress=False).metrics
     examples = ground_examples(split.samples, out / "pictures")

@@ -2,12 +2,10 @@
 
 from refground.methods.base import (
     METHODS,
-    DatasetInfo,
     Method,
     build_method,
     method_type,
     trainable_methods,
 )
 
-__all__ = ["METHODS", "DatasetInfo", "Method", "build_method", "method_type",
-           "trainable_methods"]
+__all__ = ["METHODS", "Method", "build_method", "method_type", "trainable_methods"]

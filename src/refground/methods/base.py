@@ -4,29 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from refground.data.dataset import Dataset
 from refground.methods.options import MethodConfig, NoOptions
 from refground.registry import Registry
 from refground.types import Prediction, Sample
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Which benchmark a method is about to be evaluated on.
-
-    Methods that use the benchmark's *training* split at test time (visual-prompt draws its
-    debiasing expressions from it) read it through this; nothing else may be taken from it.
-    """
-
-    root: Path
-    dataset: str
-    split_by: str
-    images_dir: Path | None = None
 
 
 class Method(ABC):
@@ -63,8 +48,13 @@ class Method(ABC):
         for methods that regress boxes."""
         return getattr(getattr(self, "proposer", None), "name", None)
 
-    def prepare(self, info: DatasetInfo) -> None:  # noqa: B027 - optional hook, no-op default
-        """Called once before evaluating on ``info``'s dataset; most methods need nothing."""
+    def prepare(self, dataset: Dataset) -> None:  # noqa: B027 - optional hook, no-op default
+        """Called once before evaluating on ``dataset``; most methods need nothing.
+
+        Methods that use the benchmark's *training* split at test time (visual-prompt draws
+        its debiasing expressions from it) or its caches (parsed graphs) read them from
+        ``dataset``; nothing else may be taken from it.
+        """
 
     @abstractmethod
     def predict(self, samples: Sequence[Sample]) -> list[Prediction]:

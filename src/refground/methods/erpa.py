@@ -64,7 +64,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -75,11 +74,12 @@ from torch import Tensor, nn
 
 from refground import boxes as B
 from refground.boxes import gaussian_heatmaps
+from refground.data.dataset import Dataset
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError
 from refground.images import decode_images
 from refground.language.queries import entity_phrase
-from refground.methods.base import METHODS, DatasetInfo
+from refground.methods.base import METHODS
 from refground.methods.box_losses import L1, box_regression_loss
 from refground.methods.options import MethodConfig
 from refground.methods.trainable import (
@@ -799,14 +799,11 @@ class ErpaMethod(TrainableMethod):
     def needs_annotations(self) -> bool:
         return isinstance(self._collate.proposer, GroundTruthProposer)
 
-    def prepare(self, info: DatasetInfo) -> None:
+    def prepare(self, dataset: Dataset) -> None:
         """Parsed graphs: read the dataset's graph cache (``refground prepare-graphs``), if
         any, so neither training workers nor evaluation parse again."""
         if self.config.graphs == "parsed":
-            from refground.language import dataset_graphs
-
-            self._collate.graph_cache.update(
-                dataset_graphs(Path(info.root) / info.dataset, self.config.parser_backend))
+            self._collate.graph_cache.update(dataset.graphs(self.config.parser_backend))
 
     def collator(self) -> ErpaCollator:
         return self._collate

@@ -44,11 +44,12 @@ from pydantic import ValidationInfo, field_validator
 from torch import Tensor
 
 from refground import boxes as B
+from refground.data.dataset import Dataset
 from refground.errors import ConfigError
 from refground.language import spatial
 from refground.language.queries import entity_phrase
 from refground.language.text import cache_key, normalize
-from refground.methods.base import METHODS, DatasetInfo, Method
+from refground.methods.base import METHODS, Method
 from refground.methods.options import parse_config
 from refground.methods.proposal_scoring import (
     ProposalScoringMethod,
@@ -540,16 +541,15 @@ class GraphResolve(Method):
     def proposer_name(self) -> str | None:
         return self.scorer.proposer_name
 
-    def prepare(self, info: DatasetInfo) -> None:
-        """Prepare the scorer; with parsed graphs, load ``<root>/<dataset>/graphs.<backend>.jsonl``
-        if it was written, so parsing (an LLM, perhaps) is not repeated."""
-        self.scorer.prepare(info)
+    def prepare(self, dataset: Dataset) -> None:
+        """Prepare the scorer; with parsed graphs, load the dataset's graph cache
+        (``refground prepare-graphs``) if it was written, so parsing (an LLM, perhaps) is not
+        repeated."""
+        self.scorer.prepare(dataset)
         if self.graphs != "parsed" or self.cache:
             return
-        from refground.language import dataset_graphs
-
-        self.cache = dataset_graphs(Path(info.root) / info.dataset, self.parser_backend)
-        log.info("graph-resolve: %d cached graphs for %s", len(self.cache), info.dataset)
+        self.cache = dataset.graphs(self.parser_backend)
+        log.info("graph-resolve: %d cached graphs for %s", len(self.cache), dataset.name)
 
     def _load_cache(self, path: Path) -> None:
         if not path.is_file():

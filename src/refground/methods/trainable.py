@@ -36,10 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from refground import boxes as B
+from refground.data.dataset import Dataset
 from refground.devices import AUTO, DeviceSpec, resolve_device
 from refground.errors import ConfigError, ModelLoadError
 from refground.images import ImageInput, load_image
-from refground.methods.base import DatasetInfo, Method
+from refground.methods.base import Method
 from refground.methods.options import MethodConfig, parse_config
 from refground.types import Prediction, Sample
 from refground.vision.feature_cache import (
@@ -253,15 +254,7 @@ class TrainableMethod(Method):
         return method
 
 
-def annotation_files(info: DatasetInfo) -> list[Path]:
-    """The files that define a REFER-format dataset's version (its refs and instances)."""
-    from refground.data.refer import refs_path
-
-    directory = Path(info.root) / info.dataset
-    return [refs_path(Path(info.root), info.dataset, info.split_by), directory / "instances.json"]
-
-
-def cache_features(method: TrainableMethod, samples: Sequence[Sample], info: DatasetInfo, *,
+def cache_features(method: TrainableMethod, samples: Sequence[Sample], dataset: Dataset, *,
                    log: Callable[[str], None] = print, progress: bool = False
                    ) -> dict[str, FeatureTable]:
     """Build (or check and reuse) the method's feature tables for ``samples`` under
@@ -269,9 +262,9 @@ def cache_features(method: TrainableMethod, samples: Sequence[Sample], info: Dat
     groups = method.feature_groups()
     if not groups:
         return {}
-    directory = Path(info.root) / info.dataset / FEATURES_DIR
-    dataset = dataset_fingerprint(annotation_files(info))
-    tables = {group.name: ensure_table(group, samples, directory, dataset, log, progress)
+    directory = dataset.directory / FEATURES_DIR
+    fingerprint = dataset_fingerprint(dataset.annotation_files())
+    tables = {group.name: ensure_table(group, samples, directory, fingerprint, log, progress)
               for group in groups}
     method.use_features(tables)
     return tables

@@ -31,9 +31,9 @@ import torch
 from pydantic import field_validator, model_validator
 from torch import Tensor
 
-from refground.data.refer import load_refer_split
+from refground.data.dataset import Dataset
 from refground.errors import ConfigError, DatasetError
-from refground.methods.base import METHODS, DatasetInfo
+from refground.methods.base import METHODS
 from refground.methods.proposal_scoring import (
     ProposalScoringMethod,
     ScoringItem,
@@ -148,19 +148,19 @@ class VisualPrompt(ProposalScoringMethod):
         self.debias_texts = sample_debias_expressions(expressions, self.debias, self.debias_seed)
         self._debias_means = {}
 
-    def prepare(self, info: DatasetInfo) -> None:
-        """Draw debias expressions from the benchmark's train split (never the eval split)."""
+    def prepare(self, dataset: Dataset) -> None:
+        """Draw debias expressions from the benchmark's train split (never the eval split);
+        only its sentences are read, not its images."""
         if not self.debias or self.debias_texts is not None:
             return
         try:
-            train = load_refer_split(info.root, info.dataset, info.split_by, "train",
-                                     info.images_dir, skip_invalid=True)
+            train = dataset.expressions("train")
         except DatasetError as exc:
             warnings.warn(f"visual-prompt: no train split to debias with ({exc}); "
                           "falling back to the CLIP checkpoint's bundled expressions",
                           stacklevel=2)
             return
-        self.set_debias_expressions([s.expression for s in train])
+        self.set_debias_expressions(train)
 
     def _debias_mean(self, encoder: ClipEncoder) -> Tensor | None:
         if not self.debias:

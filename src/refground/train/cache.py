@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from refground.devices import resolve_device
 from refground.methods.trainable import cache_features
 from refground.train.config import TrainConfig
-from refground.train.trainer import build_training_method, dataset_info, split_samples
+from refground.train.trainer import build_training_method
 from refground.vision.feature_cache import FeatureTable
 
 
@@ -23,10 +23,10 @@ def build_cache(config: TrainConfig, extra_splits: Sequence[str] = (),
     splits (and ``extra_splits``) checked or built; ``{}`` when the method caches nothing."""
     method = build_training_method(config, resolve_device(config.train.device))
     data = config.data
-    info = dataset_info(data)
-    method.prepare(info)
+    dataset = data.as_dataset()
+    method.prepare(dataset)
     splits = {data.train_split: data.train_limit, data.val_split: data.val_limit}
     splits.update({split: None for split in extra_splits if split not in splits})
     samples = [sample for split, limit in splits.items()
-               for sample in split_samples(data, split, limit)]
-    return cache_features(method, samples, info, log=log, progress=progress)
+               for sample in dataset.split(split, limit=limit)]
+    return cache_features(method, samples, dataset, log=log, progress=progress)

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from refground.data.dataset import Dataset
 from refground.devices import AUTO, device_spec
 from refground.errors import ConfigError, validation_problems
 from refground.evaluate.metrics import QUALITY_METRICS
@@ -37,6 +38,9 @@ Direction = Literal["maximize", "minimize"]
 
 
 class DataConfig(_Strict):
+    """The ``data:`` section: which :class:`~refground.data.Dataset` to train on, and which
+    of its splits (and how many of their samples) training and validation read."""
+
     root: Path
     dataset: str = "synthref"
     split_by: str = "synth"
@@ -45,6 +49,9 @@ class DataConfig(_Strict):
     images: Path | None = None
     train_limit: int | None = Field(None, ge=1)
     val_limit: int | None = Field(None, ge=1)
+
+    def as_dataset(self) -> Dataset:
+        return Dataset(self.root, self.dataset, self.split_by, self.images)
 
 
 class OptimConfig(_Strict):

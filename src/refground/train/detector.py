@@ -46,7 +46,6 @@ from refground.train.trainer import (
     build_scheduler,
     rng_state,
     set_rng_state,
-    split_samples,
 )
 from refground.types import Sample
 from refground.vision.centernet import (
@@ -169,8 +168,9 @@ class DetectorTrainer:
         torch.manual_seed(config.train.seed)
         self.model = CenterNet(config.centernet())
         data = config.data
-        self.train_images = image_examples(split_samples(data, data.train_split))
-        self.val_samples = split_samples(data, data.val_split, data.val_limit)
+        dataset = data.as_dataset()
+        self.train_images = image_examples(dataset.split(data.train_split).samples)
+        self.val_samples = list(dataset.split(data.val_split, limit=data.val_limit))
         self.val_images = image_examples(self.val_samples)
         if len(self.train_images) < config.train.batch_size:
             raise ConfigError(f"{len(self.train_images)} training images make no batch of "
@@ -322,8 +322,9 @@ def export_detector(run: Path, out: Path, *, data_recipe: str, command: str,
     }
     config = DetectorTrainConfig(**record["config"])
     proposer = CenterNetProposer(out, device="cpu") if splits else None
+    dataset = config.data.as_dataset()
     for split in splits:
-        recall = proposer_recall(proposer, split_samples(config.data, split))
+        recall = proposer_recall(proposer, dataset.split(split).samples)
         record.setdefault("test", {})[split] = {k: v for k, v in recall.items()
                                                 if k != "images_per_s"}
     (Path(out) / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

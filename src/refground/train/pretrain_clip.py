@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import CLIPModel
 
-from refground.data.refer import load_refer_split
+from refground.data.synth import synthref_dataset
 from refground.data.synth.scenes import COLOR_NAMES, SHAPES
 from refground.errors import ConfigError
 from refground.evaluate.runner import evaluate
@@ -114,7 +114,7 @@ class TrainImage:
 
 def load_train_images(root: Path) -> list[TrainImage]:
     """Group SynthRef's train samples by image, with each object's colour, size and shape."""
-    split = load_refer_split(root, "synthref", "synth", "train")
+    split = synthref_dataset(root).split("train")
     with open(root / "synthref" / "instances.json", encoding="utf-8") as stream:
         attributes = {a["id"]: (a["color"], a["size"]) for a in json.load(stream)["annotations"]}
     expressions: dict[Path, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -407,7 +407,7 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     images = load_train_images(Path(data))
-    val = load_refer_split(data, "synthref", "synth", "val").samples
+    val = synthref_dataset(data).split("val").samples
     val_subset = random.Random(config.seed).sample(list(val), min(config.eval_samples, len(val)))
     all_texts = [t for image in images for _, texts in image.refs for t in texts]
     vocabulary = all_texts + [VIEW_PREFIX + t for t in all_texts[:2000]] + [

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from refground.data.refer import load_refer_split
 from refground.devices import AUTO, parse_device, resolve_device, same_device
 from refground.errors import ConfigError, RefgroundError
 from refground.evaluate.sharded import evaluate_sharded
-from refground.methods import DatasetInfo, build_method, trainable_methods
+from refground.methods import build_method, trainable_methods
 from refground.methods.trainable import TrainableMethod, cache_features, move_batch
 from refground.train.checkpoint import (
     CheckpointError,
@@ -41,14 +40,12 @@ from refground.train.checkpoint import (
     write_checkpoint,
 )
 from refground.train.config import (
-    DataConfig,
     OptimConfig,
     TrainConfig,
     save_config,
     without_device,
 )
 from refground.train.data import StepPlan, epoch_loader
-from refground.types import Sample
 
 ValidationHook = Callable[[int, dict[str, Any]], None]
 
@@ -254,18 +251,6 @@ def build_training_method(config: TrainConfig, device: torch.device) -> Trainabl
     return method
 
 
-def dataset_info(data: DataConfig) -> DatasetInfo:
-    return DatasetInfo(Path(data.root), data.dataset, data.split_by,
-                       Path(data.images) if data.images else None)
-
-
-def split_samples(data: DataConfig, split: str, limit: int | None = None) -> list[Sample]:
-    """One split's samples, the first ``limit`` of them when given."""
-    samples = load_refer_split(data.root, data.dataset, data.split_by, split,
-                               data.images).samples
-    return list(samples[:limit])
-
-
 class Trainer:
     """Train ``config.method`` on ``config.data``; see the module docstring for the loop."""
 
@@ -293,13 +278,13 @@ class Trainer:
         self.progress = progress
         self.log = log if self.accelerator.is_main_process else (lambda _: None)
         data = config.data
-        self.train_samples = split_samples(data, data.train_split, data.train_limit)
-        self.val_samples = split_samples(data, data.val_split, data.val_limit)
-        info = dataset_info(data)
-        self.method.prepare(info)
+        dataset = data.as_dataset()
+        self.train_samples = list(dataset.split(data.train_split, limit=data.train_limit))
+        self.val_samples = list(dataset.split(data.val_split, limit=data.val_limit))
+        self.method.prepare(dataset)
         if loop.feature_cache:  # the main process builds it, the others then read it
             with self.accelerator.main_process_first():
-                cache_features(self.method, [*self.train_samples, *self.val_samples], info,
+                cache_features(self.method, [*self.train_samples, *self.val_samples], dataset,
                                log=self.log, progress=progress)
         self.steps_per_epoch = self.plan.steps_per_epoch(len(self.train_samples))
         if self.steps_per_epoch == 0:

@@ -5,7 +5,7 @@ position, relation, comparative, ordinal), each carrying its gold scene graph an
 name exactly one object. Splits train / val / test / testC (held-out colour-shape
 combinations) / testR (relations only). Object sizes relative to the image are a named scale
 (:mod:`~refground.data.synth.scales`: ``refcoco``, the default, or ``small``). Load it with
-``refground.data.refer.load_refer_split(out_dir, "synthref", "synth", split)``.
+``synthref_dataset(out_dir).split(split)`` (a :class:`~refground.data.Dataset`).
 """
 
 from refground.data.synth.logical_forms import EXPRESSION_TYPES
@@ -17,6 +17,7 @@ from refground.data.synth.writer import (
     SplitStats,
     SynthStats,
     generate_synthref,
+    synthref_dataset,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "generate_synthref",
     "scale_of",
     "scene_config_for",
+    "synthref_dataset",
 ]

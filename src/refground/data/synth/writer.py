@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from refground.data.dataset import Dataset
 from refground.data.synth.logical_forms import EXPRESSION_TYPES
 from refground.data.synth.paraphrase import PHRASINGS, paraphrase
 from refground.data.synth.planning import DEFAULT_TYPE_WEIGHTS, RefPlan, plan_refs
@@ -387,6 +388,11 @@ def _check_arguments(seed: int, fractions: Mapping[str, float], held_out_fractio
         raise ConfigError(
             f"type weights must be non-negative for {', '.join(EXPRESSION_TYPES)} with a "
             f"positive sum; got {dict(type_weights)}")
+
+
+def synthref_dataset(out_dir: str | Path) -> Dataset:
+    """The SynthRef :func:`generate_synthref` wrote to ``out_dir``, as a :class:`Dataset`."""
+    return Dataset(Path(out_dir), DATASET, SPLIT_BY)
 
 
 def generate_synthref(

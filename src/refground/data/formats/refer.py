@@ -1,4 +1,4 @@
-"""REFER-format datasets: RefCOCO, RefCOCO+, RefCOCOg, and SynthRef, through one loader.
+"""The ``refer`` dataset format: RefCOCO, RefCOCO+, RefCOCOg, and SynthRef, through one loader.
 
 Layout (as distributed with the REFER toolkit)::
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -25,26 +25,10 @@ from typing import Any
 import torch
 
 from refground import boxes as B
+from refground.data.dataset import DATASET_FORMATS, Dataset, Split
 from refground.data.safe_pickle import load_plain_pickle
 from refground.errors import BoxError, DatasetError
 from refground.types import Annotation, BoxTuple, Sample, SceneGraph
-
-
-@dataclass(frozen=True)
-class ReferSplit:
-    """The samples of one split, with what was skipped and why (when ``skip_invalid``)."""
-
-    dataset: str
-    split_by: str
-    split: str
-    samples: tuple[Sample, ...]
-    skipped: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)
 
 
 @dataclass(frozen=True)
@@ -64,65 +48,92 @@ MALFORMED = (KeyError, TypeError, ValueError, OverflowError, IndexError, Attribu
              BoxError)
 
 
-def refs_path(root: Path, dataset: str, split_by: str) -> Path:
-    return Path(root) / dataset / f"refs({split_by}).p"
+def refs_path(dataset: Dataset) -> Path:
+    """``<root>/<name>/refs(<split_by>).p``: the refs (with their sentences) of one partition."""
+    return dataset.directory / f"refs({dataset.split_by}).p"
 
 
-def load_refer_split(
-    root: str | Path,
-    dataset: str,
-    split_by: str,
-    split: str,
-    images_dir: str | Path | None = None,
-    skip_invalid: bool = False,
-) -> ReferSplit:
-    """Load one split of a REFER-format dataset as samples.
+@DATASET_FORMATS.register("refer")
+class ReferFormat:
+    """The REFER layout (module docstring): RefCOCO, RefCOCO+, RefCOCOg and SynthRef."""
 
-    ``images_dir`` defaults to ``<root>/images``. With ``skip_invalid`` malformed refs, unknown
-    annotations and missing images are skipped and listed in ``ReferSplit.skipped``; without it
-    the first one raises :class:`DatasetError` naming the file and the record.
-    """
-    root = Path(root)
-    dataset_dir = root / dataset
+    def split(self, dataset: Dataset, name: str, skip_invalid: bool) -> Split:
+        """Load split ``name`` as samples.
+
+        With ``skip_invalid`` malformed refs, unknown annotations and missing images are
+        skipped and listed in ``Split.skipped``; without it the first one raises
+        :class:`DatasetError` naming the file and the record.
+        """
+        pickle_path = _existing_refs_path(dataset)
+        images_root = dataset.images_root
+        if not images_root.is_dir():
+            raise DatasetError(f"image directory not found: {images_root} (set --images)")
+
+        instances_path = dataset.directory / "instances.json"
+        images, annotations, categories, skipped = _load_instances(instances_path, skip_invalid)
+        refs = _load_refs(pickle_path, name)
+
+        by_image = _annotations_by_image(annotations, categories)
+        checked_images: dict[int, bool] = {}
+        samples: list[Sample] = []
+        for index, ref in enumerate(refs):
+            if not isinstance(ref, Mapping) or ref.get("split") != name:
+                continue
+            try:
+                samples.extend(_samples_of_ref(
+                    ref, index, pickle_path, images, annotations, by_image, images_root,
+                    checked_images))
+            except (_Invalid, *MALFORMED) as exc:  # MALFORMED: a wrong type deep in the record
+                problem = str(exc) if isinstance(exc, _Invalid) else (
+                    f"{pickle_path}, ref #{index}: malformed ({type(exc).__name__}: {exc})")
+                if not skip_invalid:
+                    raise DatasetError(problem) from None
+                skipped.append(problem)
+        return Split(dataset.name, dataset.split_by, name, tuple(samples), tuple(skipped))
+
+    def expressions(self, dataset: Dataset, split: str | None) -> list[str]:
+        """Every non-empty ``sent`` (stripped, as a sample carries it) of the split's refs, or
+        of all refs; reads the refs pickle only, neither instances.json nor the images."""
+        refs = _load_refs(_existing_refs_path(dataset), split)
+        texts: list[str] = []
+        for ref in refs:
+            if not isinstance(ref, Mapping) or (split is not None and ref.get("split") != split):
+                continue
+            sentences = ref.get("sentences")
+            for sentence in sentences if isinstance(sentences, list) else ():
+                text = sentence.get("sent") if isinstance(sentence, Mapping) else None
+                if isinstance(text, str) and text.strip():
+                    texts.append(text.strip())
+        return texts
+
+    def annotation_files(self, dataset: Dataset) -> list[Path]:
+        return [refs_path(dataset), dataset.directory / "instances.json"]
+
+
+def _existing_refs_path(dataset: Dataset) -> Path:
+    """The refs file, or a :class:`DatasetError` saying which partitions the folder has."""
+    dataset_dir = dataset.directory
     if not dataset_dir.is_dir():
         raise DatasetError(f"dataset directory not found: {dataset_dir} (check --data/--dataset)")
-    pickle_path = refs_path(root, dataset, split_by)
+    pickle_path = refs_path(dataset)
     if not pickle_path.is_file():
         available = sorted(p.name for p in dataset_dir.glob("refs(*).p"))
         raise DatasetError(
             f"{pickle_path} not found; split-by options here: {', '.join(available) or 'none'}")
-    images_root = Path(images_dir) if images_dir is not None else root / "images"
-    if not images_root.is_dir():
-        raise DatasetError(f"image directory not found: {images_root} (set --images)")
+    return pickle_path
 
-    instances_path = dataset_dir / "instances.json"
-    images, annotations, categories, skipped = _load_instances(instances_path, skip_invalid)
+
+def _load_refs(pickle_path: Path, split: str | None) -> list[Any]:
+    """The refs list of ``pickle_path``; with ``split``, checked to have that split."""
     refs = load_plain_pickle(pickle_path)
     if not isinstance(refs, list):
         raise DatasetError(f"{pickle_path}: expected a list of refs, got {type(refs).__name__}")
-
-    present_splits = sorted({str(r.get("split")) for r in refs if isinstance(r, Mapping)})
-    if split not in present_splits:
-        raise DatasetError(
-            f"split {split!r} not in {pickle_path}; it has: {', '.join(present_splits)}")
-
-    by_image = _annotations_by_image(annotations, categories)
-    checked_images: dict[int, bool] = {}
-    samples: list[Sample] = []
-    for index, ref in enumerate(refs):
-        if not isinstance(ref, Mapping) or ref.get("split") != split:
-            continue
-        try:
-            samples.extend(_samples_of_ref(
-                ref, index, pickle_path, images, annotations, by_image, images_root,
-                checked_images))
-        except (_Invalid, *MALFORMED) as exc:  # MALFORMED: a wrong type deep in the record
-            problem = str(exc) if isinstance(exc, _Invalid) else (
-                f"{pickle_path}, ref #{index}: malformed ({type(exc).__name__}: {exc})")
-            if not skip_invalid:
-                raise DatasetError(problem) from None
-            skipped.append(problem)
-    return ReferSplit(dataset, split_by, split, tuple(samples), tuple(skipped))
+    if split is not None:
+        present_splits = sorted({str(r.get("split")) for r in refs if isinstance(r, Mapping)})
+        if split not in present_splits:
+            raise DatasetError(
+                f"split {split!r} not in {pickle_path}; it has: {', '.join(present_splits)}")
+    return refs
 
 
 def _samples_of_ref(
