@@ -78,7 +78,7 @@ class JsonlFormat:
 
     def split(self, dataset: Dataset, name: str, skip_invalid: bool) -> Split:
         samples = tuple(
-            Sample(sample_id=str(index), image_path=dataset.images_root / r["image"],
+            Sample(sample_id=str(index), image=dataset.images_root / r["image"],
                    width=r["width"], height=r["height"], expression=r["sentence"],
                    gt_box=tuple(float(v) for v in r["box"]))
             for index, r in enumerate(self._records(dataset)) if r["split"] == name)
