@@ -150,7 +150,9 @@ def run_child(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """Train in a child process. Its output goes to files, not pipes: DataLoader workers
     inherit the child's descriptors and outlive a SIGKILL by seconds (until they notice), and
     a pipe would keep us waiting for them."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # as many torch threads as this process: thread count changes float sums, and the child's
+    # weights are compared bit for bit with runs made here
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     out, err = config.with_suffix(".stdout"), config.with_suffix(".stderr")
     with out.open("w") as stdout, err.open("w") as stderr:
         done = subprocess.run([sys.executable, str(REPO / "tests" / "tiny_trainable.py"),
