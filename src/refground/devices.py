@@ -94,8 +94,7 @@ def _check_cuda(spec: DeviceSpec, device: torch.device) -> None:
 
 
 def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
+    return torch.backends.mps.is_available()
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

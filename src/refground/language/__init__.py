@@ -17,7 +17,6 @@ from refground.language.errors import GraphCacheError, ParseError
 from refground.language.parser import (
     BACKENDS,
     ExpressionParser,
-    clear_parser_cache,
     get_parser,
     graphs_for,
     parse,
@@ -32,7 +31,6 @@ __all__ = [
     "GraphCacheError",
     "ParseError",
     "cache_key",
-    "clear_parser_cache",
     "dataset_graphs",
     "get_parser",
     "graph_cache_path",

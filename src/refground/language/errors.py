@@ -1,4 +1,5 @@
-"""Errors of the language package (kept here so refground.errors needs no change)."""
+"""Errors of the language package; RefgroundErrors, so the CLI and the server report them in
+one line like the others."""
 
 from refground.errors import RefgroundError
 

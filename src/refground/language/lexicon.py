@@ -31,10 +31,6 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-# Relation predicates beyond SynthRef's six (SPATIAL_PREDICATES), kept as written.
-KEPT_PREDICATES: tuple[str, ...] = (
-    "between", "in", "on", "behind", "in front of", "far from", "bigger than", "smaller than",
-    "holding", "with", "wearing", "of", "at", "carrying", "riding", "has")
 # A verb followed by one of these ("standing next to") reads as the geometric predicate alone.
 DOMINANT_PREDICATES: frozenset[str] = frozenset(
     (*SPATIAL_PREDICATES, "between", "behind", "in front of", "far from", "bigger than",

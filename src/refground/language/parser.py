@@ -133,14 +133,6 @@ def get_parser(backend: str = "auto") -> ExpressionParser:
     return _parsers[backend]
 
 
-def clear_parser_cache() -> None:
-    """Forget loaded parsers, the graphs_for memo and the fallback warning (for tests)."""
-    global _warned_fallback
-    _parsers.clear()
-    _memo.clear()
-    _warned_fallback = False
-
-
 def parse(text: str, backend: str = "auto") -> SceneGraph:
     """The scene graph of one referring expression; entity 0 is the referent."""
     return get_parser(backend).parse(text)

@@ -52,7 +52,6 @@ PREDICATE_ALIASES: dict[str, str] = {
 }
 #: Endings of the participles that lead a predicate ("sitting on", "parked behind").
 VERB_ENDINGS = ("ing", "ed")
-DIRECTION_ORDER = ("left", "right", "top", "bottom")
 _AXIS_SIGN = {"left": (0, 1.0), "right": (0, -1.0), "top": (1, 1.0), "bottom": (1, -1.0)}
 SUPERLATIVES: dict[str, str] = {
     **{word: direction for direction, word in vocabulary.SUPERLATIVES.items()},

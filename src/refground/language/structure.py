@@ -55,11 +55,9 @@ from refground.vocabulary import (
     ordinal_spatial,
 )
 
-# Word classes a backend assigns. "part" is a participle whose role depends on position
+# Word classes (what rules.rule_class / spacy_backend.spacy_class assign) that modify or start
+# a noun phrase. "part" is a participle whose role depends on position
 # ("the standing man" vs "the man standing"); "that" is a determiner or a connector.
-WORD_CLASSES = frozenset(
-    ("det", "num", "adj", "noun", "verb", "prep", "part", "that", "wh", "conj", "intens",
-     "pron", "other", "skip"))
 _MODIFIERS = frozenset(("det", "num", "adj", "intens", "that", "part"))
 _NP_STARTS = frozenset(("det", "num", "adj", "noun", "that", "part"))
 _ORDINAL_MARK = "\0ordinal"

@@ -137,7 +137,7 @@ def features_per_item(items: Sequence[ScoringItem],
     What CLIP sees of a proposal (its crop, its marked views) does not depend on the
     expression, and the protocol evaluates several expressions per image; so items that share
     an image and boxes share one encoding. ``encode(unique_items)`` returns the stacked
-    features of those items, in order, ``rows_per_item`` rows each.
+    features of those items, in order, the same number of rows (views) per proposal.
     """
     keys = [B.image_boxes_key(item.sample.image.key, item.proposals.boxes) for item in items]
     index: dict[str, int] = {}

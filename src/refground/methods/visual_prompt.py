@@ -6,8 +6,9 @@ view) and blurred + grayscale (another), against the text "This is <expression>"
 similarities favour some views regardless of the text (big, central, salient boxes), so each view's
 similarity is *debiased*: from the expression's row we subtract the view's mean similarity over the
 rows [expression; N random training expressions] — a view that matches any text well gets no credit
-for it. Views are then aggregated per proposal (our source notebook's text says mean, its code takes
-the max: an option, default max), optionally plus a category prior, and the best proposal wins.
+for it. Views are then aggregated per proposal (the zero-shot write-up of docs/methods.md
+describes the mean, its code took the max: an option, default max), optionally plus a category
+prior, and the best proposal wins.
 
 The category prior (``category_prior`` > 0) adds the similarity of the expression to "A picture
 of a <label>" for each proposal's label. Only a detector's own labels may feed it (its text
