@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 from refground.data import Dataset
 from refground.data.synth import generate_synthref, synthref_dataset
+from refground.images import decode_images
 from refground.methods import build_method
 from refground.methods.trainable import TrainableMethod, cache_features
-from refground.types import Sample
+from refground.types import ImageSource, Sample
 from refground.vision.feature_cache import (
     FeatureCacheError,
     FeatureGroup,
@@ -83,6 +86,13 @@ def test_cached_batches_give_the_computed_outputs(name: str, options: dict[str, 
     assert not frozen_inputs & set(cached), "a cached batch still carries frozen inputs"
     assert frozen_inputs <= set(computed)
     torch.testing.assert_close(cached["target"], computed["target"])
+    # the same images given in memory (as the Python API and the server give them) are in no
+    # table: that batch is computed, and equals the batch computed from the files
+    in_memory = [replace(s, image=ImageSource.memory(image))
+                 for s, image in zip(samples, decode_images(samples), strict=True)]
+    again = model_method.collator()(in_memory)
+    assert again.keys() == computed.keys()
+    assert all(torch.equal(again[k], v) for k, v in computed.items() if isinstance(v, Tensor))
     model_method.model.eval()
     with torch.no_grad():
         expected, actual = model_method.model(computed), model_method.model(cached)

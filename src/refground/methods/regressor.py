@@ -65,7 +65,7 @@ from refground.methods.trainable import (
 )
 from refground.types import Sample
 from refground.vision.clip import ClipEncoder, CLIPModel, clip_image_features, clip_text_features
-from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_key
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_keys
 from refground.vision.feature_groups import (
     CLIP_IMAGES,
     CLIP_TEXTS,
@@ -176,11 +176,12 @@ class RegressorCollator:
 
     def cached(self, samples: Sequence[Sample]) -> Batch | None:
         """The batch from the feature tables, or None when a row is missing."""
-        images = [image_key(s.image_path) for s in samples]
+        images = image_keys(samples)
         texts = [s.expression for s in samples]
         clip, words, cnn = (self.features[CLIP_IMAGES], self.features[CLIP_TEXTS],
                             self.features[CNN_PIXELS])
-        if not (clip.has_all(images) and cnn.has_all(images) and words.has_all(texts)):
+        if images is None or not (clip.has_all(images) and cnn.has_all(images)
+                                  and words.has_all(texts)):
             return None
         image_rows = clip.gather(images)
         return {"patches": image_rows["patches"], "image_embeds": image_rows["embeds"],

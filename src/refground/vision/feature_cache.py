@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from refground.errors import RefgroundError
+from refground.types import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,15 @@ def image_key(path: Path) -> str:
     """A row key for an image file: its name and byte size (a replaced image is a new row)."""
     path = Path(path)
     return f"{path.name}:{path.stat().st_size}"
+
+
+def image_keys(samples: Sequence[Sample]) -> list[str] | None:
+    """The row keys of the samples' image files, or None when an image came without a file
+    (given in memory): tables hold dataset images only, so such a batch is computed."""
+    paths = [s.image_path for s in samples]
+    if any(path is None for path in paths):
+        return None
+    return [image_key(path) for path in paths]
 
 
 def file_sha256(path: Path) -> str:
