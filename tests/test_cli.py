@@ -36,6 +36,14 @@ def run_eval(root: Path, method: str, out: Path, *extra: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def test_the_help_names_every_registered_proposer() -> None:
+    from refground.cli import PROPOSER_NAMES
+    from refground.vision.proposals import PROPOSERS
+
+    assert sorted(PROPOSER_NAMES) == sorted(PROPOSERS.names())
+    assert "owlv2" in CliRunner().invoke(app, ["eval", "--help"], terminal_width=400).output
+
+
 def test_oracle_is_perfect_and_heuristics_are_lower(synth_root: Path, tmp_path: Path) -> None:
     oracle = run_eval(synth_root, "oracle", tmp_path / "oracle")
     assert oracle["acc@0.5"] == 1.0 and oracle["acc@0.9"] == 1.0 and oracle["n"] > 0

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from refground.train.config import TrainConfig
     from refground.types import Prediction
 
+#: The proposers the help texts name. Help is built when this module is imported, and listing
+#: the registry would import torch for every `refground --help`; tests/test_cli.py checks this
+#: against ``PROPOSERS.names()``, so a new proposer cannot be left out.
+PROPOSER_NAMES = ("gt", "auto", "centernet", "owlvit", "owlv2", "grounding-dino", "detr", "yolo")
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -123,8 +128,8 @@ def eval_command(
     skip_invalid: Annotated[bool, typer.Option(help="Skip and count malformed records.")] = False,
     proposals: Annotated[str | None, typer.Option(
         help="Proposer for proposal-based methods: gt (the annotated boxes), auto (the "
-             "default detector, the shipped synthref-det), centernet, owlvit, grounding-dino, "
-             "detr, yolo; same as -o proposals=NAME.")] = None,
+             "default detector, the shipped synthref-det), "
+             f"{', '.join(PROPOSER_NAMES[2:])}; same as -o proposals=NAME.")] = None,
     option: Annotated[list[str], typer.Option(
         "--option", "-o", help="Method option key=value (repeatable).")] = [],  # noqa: B006
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -434,7 +439,7 @@ def predict(
     method: Annotated[str, typer.Option(
         help="Registered method name (see `refground methods`).")] = DEFAULT_METHOD,
     proposals: Annotated[str | None, typer.Option(
-        help="Proposer for proposal-based methods (auto, centernet, owlvit, ...); same as "
+        help=f"Proposer for proposal-based methods ({', '.join(PROPOSER_NAMES[1:])}); same as "
              "-o proposals=NAME. Without it, given --boxes are the candidates, else the "
              "default detector's.")] = None,
     option: Annotated[list[str], typer.Option(
