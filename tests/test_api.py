@@ -256,6 +256,11 @@ def test_a_batch_decodes_each_image_once_and_reuses_decoded_ones(
     # the same pixels given twice are one image; other pixels are another
     assert ImageSource.memory(images[0].copy()) == in_memory
     assert ImageSource.memory(images[0].rotate(90)).key != in_memory.key
+    # methods read three channels, whatever the caller decoded
+    assert ImageSource.memory(images[0].convert("RGBA")).decoded.mode == "RGB"
+    assert ImageSource.file(sample.image_path, images[0].convert("L")).decoded.mode == "RGB"
+    with pytest.raises(ImageError, match="neither a file nor decoded pixels"):
+        decode_images([Sample("e", ImageSource("nowhere"), 1, 1, "x")])
 
 
 def test_grounding_decodes_once_for_detector_and_method_and_writes_nothing(
@@ -274,3 +279,8 @@ def test_grounding_decodes_once_for_detector_and_method_and_writes_nothing(
     assert opened == [] and list(tmp_path.iterdir()) == []
     built = grounder.sample(0, pil, sample.expression, None)
     assert built.image_path is None and built.image.key.startswith("memory:")
+
+
+def test_close_is_no_longer_needed_and_says_so(grounder: Grounder) -> None:
+    with pytest.warns(DeprecationWarning, match="no longer needed"):
+        grounder.close()

@@ -12,6 +12,7 @@ from refground.errors import DatasetError, UnknownNameError
 from refground.language import cache_key, graph_cache_path, write_graph_cache
 from refground.language.prepare import prepare_graph_cache
 from refground.types import Entity, Sample, SceneGraph
+from tests.conftest import run_cli
 
 
 def mini(root: Path) -> Dataset:
@@ -92,7 +93,7 @@ class JsonlFormat:
         return [dataset.directory / f"{dataset.split_by}.jsonl"]
 
 
-def test_a_registered_format_loads(tmp_path: Path) -> None:
+def test_a_registered_format_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert {"refer", "test-jsonl"} <= set(DATASET_FORMATS.names())
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -109,3 +110,14 @@ def test_a_registered_format_loads(tmp_path: Path) -> None:
     assert dataset.annotation_files() == [folder / "all.jsonl"]
     with pytest.raises(UnknownNameError, match="unknown dataset format 'jsonl'"):
         Dataset(tmp_path, "mine", "all", format="jsonl").split("test")
+    # the command line and training configs name it too
+    from refground.train.config import DataConfig
+
+    assert DataConfig(root=tmp_path, dataset="mine", split_by="all",
+                      format="test-jsonl").as_dataset() == dataset
+    out = tmp_path / "run"
+    code, errors = run_cli(["eval", "--data", str(tmp_path), "--dataset", "mine", "--split-by",
+                            "all", "--format", "test-jsonl", "--method", "oracle", "--out",
+                            str(out), "--no-progress"], capsys)
+    assert code == 0, errors
+    assert json.loads((out / "metrics.json").read_text())["acc@0.5"] == 1.0

@@ -20,7 +20,7 @@ from tests.conftest import run_cli
     ("{debias: 0}", {"debias": 0}), ('{"debias": 0, "aggregate": "mean"}',
                                      {"debias": 0, "aggregate": "mean"}),
     ("{}", {}), ("[yes, 010, off]", ["yes", 10, "off"]),
-    ("'3'", "3"), ('"true"', "true"),
+    ("'3'", "3"), ('"true"', "true"), ("[2024-01-01, <<]", ["2024-01-01", "<<"]),
     # YAML 1.1's booleans are words here; text is kept exactly as written
     ("yes", "yes"), ("off", "off"), ("cuda:0", "cuda:0"), ("This is ", "This is "),
     ("{} in the picture", "{} in the picture"), ("a photo of {}", "a photo of {}"),

@@ -270,3 +270,23 @@ def test_best_checkpoint_follows_train_best_metric_and_direction(synth_root: Pat
     assert [x["step"] for x in summary.history] == [4, 8]
     assert summary.best_metric == min(x["miou"] for x in summary.history)
     assert summary.best_step == min(summary.history, key=lambda x: x["miou"])["step"]
+
+
+def test_a_resume_with_another_best_criterion_does_not_compare_across_metrics(
+        synth_root: Path, tmp_path: Path) -> None:
+    """The best value is kept with what it measures: after a resume that switched
+    train.best_metric, the old metric's number is not the new one's yardstick."""
+    register()
+    config = build_config(tiny_config(synth_root, tmp_path / "run", epochs=1,
+                                      best_metric="miou", best_direction="minimize"))
+    trainer = Trainer(config, progress=False, log=lambda _: None)
+    trainer.state.best_metric, trainer.state.best_for = 0.01, "maximize acc@0.5"
+    assert trainer._improves(0.9)
+    trainer.state.best_for = "minimize miou"
+    assert not trainer._improves(0.9) and trainer._improves(0.001)
+    trainer.state.best_for = None  # a checkpoint from before best_for: its criterion held
+    assert not trainer._improves(0.9)
+    trainer.state = type(trainer.state)()
+    trainer.fit()
+    saved = read_trainer_state(tmp_path / "run" / "checkpoints" / "best")["counters"]
+    assert saved["best_for"] == "minimize miou"

@@ -34,7 +34,7 @@ from refground.methods.trainable import (
     target_boxes,
 )
 from refground.types import Sample
-from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_keys
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_row_keys
 from refground.vision.feature_groups import pixel_group
 
 
@@ -76,7 +76,7 @@ class TinyCollator:
 
     def cached_pixels(self, samples: Sequence[Sample]) -> Tensor:
         table = self.features.get("tiny-pixels")
-        keys = image_keys(samples)
+        keys = image_row_keys(samples)
         if table is not None and keys is not None and table.has_all(keys):
             return table.gather(keys)["pixels"]
         return self.pixels(decode_images(samples))

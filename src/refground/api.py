@@ -16,6 +16,7 @@ A method built with its own detector proposer (``proposals="owlvit"``, ...) dete
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from PIL import Image
 from refground import boxes as B
 from refground.defaults import DEFAULT_DETECTOR, DEFAULT_METHOD
 from refground.errors import BoxError, ImageError, InputError
-from refground.images import decode_images, load_image
+from refground.images import decode_images, load_image, open_image
 from refground.methods.base import Method, build_method
 from refground.types import Annotation, ImageSource, Prediction, Sample
 
@@ -55,7 +56,7 @@ def check_text(text: object) -> str:
 def as_pil(image: GroundImage) -> Image.Image:
     """Any accepted image input as an RGB PIL image (arrays: HxW or HxWxC, uint8 or [0, 1])."""
     if isinstance(image, ImageSource):
-        return load_image(image.decoded if image.decoded is not None else image.path)
+        return open_image(image)
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[2] == 1:
@@ -188,9 +189,8 @@ class Grounder:
         and boxes checked."""
         expression = check_text(text)
         if isinstance(image, ImageSource):  # a caller that decoded it already (the CLI)
-            source = image if image.decoded is not None else replace(
-                image, decoded=load_image(image.path))
-            pil = source.decoded
+            pil = open_image(image)
+            source = replace(image, decoded=pil)
         elif isinstance(image, (str, Path)):
             pil = load_image(image)
             source = ImageSource.file(image, pil)
@@ -206,3 +206,9 @@ class Grounder:
             self.detector_proposer()  # raises: boxes are needed
         return Sample(sample_id=str(index), image=source, width=pil.width, height=pil.height,
                       expression=expression, annotations=annotations)
+
+    def close(self) -> None:
+        """Nothing to release: images stay in memory and no temporary files are written any
+        more. Kept, with a DeprecationWarning, so code written for earlier versions runs."""
+        warnings.warn("Grounder.close() is no longer needed (the Grounder writes no temporary "
+                      "files); remove the call", DeprecationWarning, stacklevel=2)

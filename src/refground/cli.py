@@ -93,6 +93,9 @@ def prepare_graphs_command(
     dataset: Annotated[str, typer.Option(help="refcoco, refcoco+, refcocog or synthref.")] = (
         "synthref"),
     split_by: Annotated[str, typer.Option(help="umd, unc, google or synth.")] = "synth",
+    data_format: Annotated[str, typer.Option(
+        "--format", help="Dataset file format: a module of refground/data/formats "
+                         "(refer: RefCOCO/+/g and SynthRef).")] = "refer",
     backend: Annotated[str, typer.Option(
         help="auto (spaCy when installed, else rules), spacy or rules.")] = "auto",
     processes: Annotated[int, typer.Option(help="Parser worker processes.")] = 1,
@@ -103,7 +106,8 @@ def prepare_graphs_command(
     from refground.data import Dataset
     from refground.language.prepare import prepare_graph_cache
 
-    result = prepare_graph_cache(Dataset(data, dataset, split_by), backend, processes, batch_size)
+    result = prepare_graph_cache(Dataset(data, dataset, split_by, format=data_format), backend,
+                                 processes, batch_size)
     refused = f"; {result.refused} empty or over-long left out" if result.refused else ""
     console.print(f"parsed {result.distinct} distinct expressions ({result.expressions} "
                   f"sentences) with the {result.backend} parser in {result.seconds:.1f} s "
@@ -120,6 +124,9 @@ def eval_command(
     split_by: Annotated[str, typer.Option(help="umd, unc, google or synth.")] = "synth",
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     images: Annotated[Path | None, typer.Option(help="Image directory [<data>/images].")] = None,
+    data_format: Annotated[str, typer.Option(
+        "--format", help="Dataset file format: a module of refground/data/formats "
+                         "(refer: RefCOCO/+/g and SynthRef).")] = "refer",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write metrics.json + predictions.jsonl.")] = (
         None),
@@ -147,7 +154,7 @@ def eval_command(
 
     if resume and out is None:
         raise ConfigError("--resume needs --out (the run directory to continue)")
-    source = Dataset(data, dataset, split_by, images)
+    source = Dataset(data, dataset, split_by, images, data_format)
     split_data = source.split(split, skip_invalid=skip_invalid, limit=limit)
     if split_data.skipped:
         err_console.print(f"[yellow]skipped {len(split_data.skipped)} invalid records; "

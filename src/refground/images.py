@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from refground.errors import ImageError
-from refground.types import Sample
+from refground.types import ImageSource, Sample
 
 # Decompression bombs: PIL warns above this many pixels and raises above twice it; we refuse
 # anything above it outright, so a hostile file cannot exhaust memory.
@@ -56,8 +56,15 @@ def decode_images(samples: Sequence[Sample]) -> list[Image.Image]:
     """
     decoded: dict[str, Image.Image] = {}
     for sample in samples:
-        source = sample.image
-        if source.key not in decoded:
-            decoded[source.key] = (source.decoded if source.decoded is not None
-                                   else load_image(source.path))
+        if sample.image.key not in decoded:
+            decoded[sample.image.key] = open_image(sample.image)
     return [decoded[sample.image.key] for sample in samples]
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """A source's RGB pixels: the decoded ones it carries, else its file, decoded."""
+    if source.decoded is not None:
+        return source.decoded
+    if source.path is None:
+        raise ImageError(f"image {source.key} has neither a file nor decoded pixels")
+    return load_image(source.path)

@@ -32,6 +32,9 @@ _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _NULL = "tag:yaml.org,2002:null"
+#: YAML 1.1 only: dates and ``<<`` merge keys are plain text in 1.2's core schema
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
 
 NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -62,7 +65,8 @@ class _CoreLoader(yaml.SafeLoader):
 
 
 _CoreLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT, _NULL)]
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in (_BOOL, _INT, _FLOAT, _NULL, _TIMESTAMP, _MERGE)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 for _tag, _regexp, _first in ((_NULL, NULL, ["~", "n", "N", ""]), (_BOOL, BOOL, list("tTfF")),
                               (_INT, INT, list("-+0123456789")),

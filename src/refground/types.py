@@ -102,15 +102,21 @@ class ImageSource:
 
     @classmethod
     def file(cls, path: str | Path, decoded: Image.Image | None = None) -> ImageSource:
-        """An image file (``decoded``: its RGB pixels, when the caller has them already)."""
-        return cls(str(path), Path(path), decoded)
+        """An image file (``decoded``: its pixels, when the caller has them already)."""
+        return cls(str(path), Path(path), None if decoded is None else _rgb(decoded))
 
     @classmethod
     def memory(cls, image: Image.Image) -> ImageSource:
-        """A decoded RGB image with no file behind it (an upload, a numpy array)."""
+        """A decoded image with no file behind it (an upload, a numpy array)."""
+        image = _rgb(image)
         digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
         digest.update(image.tobytes())
         return cls(f"memory:{digest.hexdigest()}", None, image)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """Methods read three channels: a grey or RGBA image is converted once, here."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 @dataclass(frozen=True)

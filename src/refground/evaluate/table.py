@@ -12,7 +12,10 @@ from typing import Any
 
 from rich.table import Table
 
-HEADLINE = ("acc@0.5", "acc@0.75", "acc@0.9", "miou")
+from refground.evaluate.metrics import QUALITY_METRICS
+
+#: The columns of every results table: the papers' Acc@k thresholds and mIoU.
+HEADLINE = QUALITY_METRICS
 LABELS = {"acc@0.5": "Acc@0.5", "acc@0.75": "Acc@0.75", "acc@0.9": "Acc@0.9", "miou": "mIoU"}
 #: Breakdowns reported per group: (metrics key, what the groups are).
 BREAKDOWNS = (("by_type", "expression type"), ("by_distractors", "same-category distractors"))

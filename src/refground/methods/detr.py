@@ -55,7 +55,7 @@ from refground.methods.trainable import (
     trainable_factory,
 )
 from refground.types import Sample
-from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_keys
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_row_keys
 from refground.vision.feature_groups import pixel_group, token_group
 from refground.vision.text_encoders import (
     DEFAULT_TEXT_MODELS,
@@ -405,7 +405,7 @@ class DetrCollator:
     def cached(self, samples: Sequence[Sample]) -> Batch | None:
         """Pixels (and, with a frozen text tower, token states) from the feature tables, or
         None when a row is missing."""
-        images = image_keys(samples)
+        images = image_row_keys(samples)
         texts = [s.expression for s in samples]
         pixels, tokens = self.features[DETR_PIXELS], self.features.get(DETR_TOKENS)
         if images is None or not pixels.has_all(images) or (

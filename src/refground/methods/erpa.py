@@ -93,7 +93,7 @@ from refground.methods.trainable import (
 )
 from refground.types import Candidate, Entity, Prediction, Sample, SceneGraph
 from refground.vision.clip import ClipEncoder, CLIPModel, clip_image_features, clip_text_features
-from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_keys
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_row_keys
 from refground.vision.feature_groups import (
     CLIP_CROPS,
     CLIP_IMAGES,
@@ -381,7 +381,7 @@ class ErpaCollator:
         missing."""
         if not isinstance(self.proposer, GroundTruthProposer):
             return None
-        keys = image_keys(samples)
+        keys = image_row_keys(samples)
         images, words = self.features[CLIP_IMAGES], self.features[CLIP_TEXTS]
         if keys is None or not (images.has_all(keys) and words.has_all(texts)):
             return None

@@ -65,7 +65,7 @@ from refground.methods.trainable import (
 )
 from refground.types import Sample
 from refground.vision.clip import ClipEncoder, CLIPModel, clip_image_features, clip_text_features
-from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_keys
+from refground.vision.feature_cache import FeatureGroup, FeatureTable, image_row_keys
 from refground.vision.feature_groups import (
     CLIP_IMAGES,
     CLIP_TEXTS,
@@ -176,7 +176,7 @@ class RegressorCollator:
 
     def cached(self, samples: Sequence[Sample]) -> Batch | None:
         """The batch from the feature tables, or None when a row is missing."""
-        images = image_keys(samples)
+        images = image_row_keys(samples)
         texts = [s.expression for s in samples]
         clip, words, cnn = (self.features[CLIP_IMAGES], self.features[CLIP_TEXTS],
                             self.features[CNN_PIXELS])

@@ -47,11 +47,14 @@ class DataConfig(_Strict):
     train_split: str = "train"
     val_split: str = "val"
     images: Path | None = None
+    #: The file format (a module of refground/data/formats); "refer" reads RefCOCO/+/g and
+    #: SynthRef.
+    format: str = "refer"
     train_limit: int | None = Field(None, ge=1)
     val_limit: int | None = Field(None, ge=1)
 
     def as_dataset(self) -> Dataset:
-        return Dataset(self.root, self.dataset, self.split_by, self.images)
+        return Dataset(self.root, self.dataset, self.split_by, self.images, self.format)
 
 
 class OptimConfig(_Strict):
@@ -175,6 +178,8 @@ class TrainConfig(_Strict):
         device: a run started on a GPU can be resumed on the CPU."""
         dump = self.model_dump(mode="json", exclude={
             "out": True, "tune": True, "train": {"best_metric": True, "best_direction": True}})
+        if dump["data"]["format"] == "refer":  # the format runs had before it was a setting
+            del dump["data"]["format"]
         return without_device(dump)
 
 

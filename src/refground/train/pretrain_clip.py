@@ -114,8 +114,10 @@ class TrainImage:
 
 def load_train_images(root: Path) -> list[TrainImage]:
     """Group SynthRef's train samples by image, with each object's colour, size and shape."""
-    split = synthref_dataset(root).split("train")
-    with open(root / "synthref" / "instances.json", encoding="utf-8") as stream:
+    dataset = synthref_dataset(root)
+    split = dataset.split("train")
+    # colour and size are SynthRef's own annotation fields, which no Sample carries
+    with open(dataset.directory / "instances.json", encoding="utf-8") as stream:
         attributes = {a["id"]: (a["color"], a["size"]) for a in json.load(stream)["annotations"]}
     expressions: dict[Path, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
     first_sample = {}

@@ -62,8 +62,13 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     bad_steps: int = 0
-    best_metric: float | None = None
+    best_metric: float | None = None  # the best validation value so far (of ``best_for``)
     best_step: int | None = None
+    #: What ``best_metric`` measures, "<direction> <metric>" (train.best_direction and
+    #: best_metric). A resume may change them; the old best is then no yardstick for the new
+    #: criterion, and the next validation becomes the best. None: a checkpoint from before
+    #: the setting existed (its config guaranteed the criterion it resumes with).
+    best_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -502,8 +507,12 @@ class Trainer:
             self.save_checkpoint("last")
         return metrics
 
+    def _best_criterion(self) -> str:
+        return f"{self.config.train.best_direction} {self.config.train.best_metric}"
+
     def _improves(self, value: float) -> bool:
-        if self.state.best_metric is None:
+        if self.state.best_metric is None or self.state.best_for not in (
+                None, self._best_criterion()):
             return True
         if self.config.train.best_direction == "minimize":
             return value < self.state.best_metric
@@ -522,6 +531,7 @@ class Trainer:
                  f"(mIoU {metrics['miou']:.4f}, {metrics['n']} samples)")
         if self._improves(value):
             self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.best_for = self._best_criterion()
             self.save_checkpoint("best")
         if self.on_validation is not None:
             self.on_validation(self.state.step, metrics)

@@ -120,6 +120,7 @@ def tune(config: TrainConfig, trials: int | None = None,
         shown = {k: v for k, v in overrides.items() if k != "out"}
         log(f"trial {trial.number}: {json.dumps(shown)}")
         Trainer(trial_config, on_validation=report, progress=False, log=lambda _: None).fit()
+        assert values, "a Trainer run validates at least once, at its end"
         value = max(values) if settings.direction == "maximize" else min(values)
         log(f"trial {trial.number}: best {settings.metric} {value:.4f}")
         return value

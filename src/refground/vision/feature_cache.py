@@ -100,19 +100,19 @@ def dataset_fingerprint(files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def image_key(path: Path) -> str:
+def image_row_key(path: Path) -> str:
     """A row key for an image file: its name and byte size (a replaced image is a new row)."""
     path = Path(path)
     return f"{path.name}:{path.stat().st_size}"
 
 
-def image_keys(samples: Sequence[Sample]) -> list[str] | None:
+def image_row_keys(samples: Sequence[Sample]) -> list[str] | None:
     """The row keys of the samples' image files, or None when an image came without a file
     (given in memory): tables hold dataset images only, so such a batch is computed."""
     paths = [s.image_path for s in samples]
     if any(path is None for path in paths):
         return None
-    return [image_key(path) for path in paths]
+    return [image_row_key(path) for path in paths]
 
 
 def file_sha256(path: Path) -> str:

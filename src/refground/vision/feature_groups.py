@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from refground import boxes as B
 from refground.images import load_image
 from refground.types import Sample
-from refground.vision.feature_cache import FeatureGroup, image_key, module_fingerprint
+from refground.vision.feature_cache import FeatureGroup, image_row_key, module_fingerprint
 from refground.vision.preprocess import (
     ClipPreprocessConfig,
     crop_box,
@@ -47,7 +47,7 @@ def decode(path: Path) -> Tensor:
 
 def image_rows(samples: Sequence[Sample]) -> dict[str, Path]:
     """The rows of a per-image table: each distinct image's key and its path."""
-    return {image_key(s.image_path): s.image_path for s in samples}
+    return {image_row_key(s.image_path): s.image_path for s in samples}
 
 
 def clip_image_group(encoder: ClipEncoder, preprocess: ClipPreprocessConfig,
@@ -72,7 +72,7 @@ def clip_crop_group(encoder: ClipEncoder, boxes_of: Callable[[Sample], Tensor],
     def rows(samples: Sequence[Sample]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for sample in samples:
-            key = image_key(sample.image_path)
+            key = image_row_key(sample.image_path)
             for box in boxes_of(sample):
                 out.setdefault(B.image_boxes_key(key, box), (sample.image_path, box))
         return out
