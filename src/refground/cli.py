@@ -108,7 +108,7 @@ def prepare_graphs_command(
 
     result = prepare_graph_cache(Dataset(data, dataset, split_by, format=data_format), backend,
                                  processes, batch_size)
-    refused = f"; {result.refused} empty or over-long left out" if result.refused else ""
+    refused = f"; {result.refused} over-long left out" if result.refused else ""
     console.print(f"parsed {result.distinct} distinct expressions ({result.expressions} "
                   f"sentences) with the {result.backend} parser in {result.seconds:.1f} s "
                   f"({result.per_second:.0f} sentences/s){refused}")

@@ -21,7 +21,7 @@ class PreparedGraphs:
     backend: str
     expressions: int  # sentences of the dataset, over all splits
     distinct: int  # distinct cache keys, i.e. what was parsed
-    refused: int  # empty or over-long texts, left out of the cache
+    refused: int  # over-long texts, left out of the cache (empty ones are no expression)
     seconds: float
 
     @property

@@ -101,9 +101,10 @@ class ReferFormat:
                 continue
             sentences = ref.get("sentences")
             for sentence in sentences if isinstance(sentences, list) else ():
-                text = sentence.get("sent") if isinstance(sentence, Mapping) else None
-                if isinstance(text, str) and text.strip():
-                    texts.append(text.strip())
+                if isinstance(sentence, Mapping) and "sent" in sentence:
+                    text = str(sentence["sent"]).strip()  # as a sample's expression is read
+                    if text:
+                        texts.append(text)
         return texts
 
     def annotation_files(self, dataset: Dataset) -> list[Path]:
