@@ -2,7 +2,8 @@
 
 A suite's speed only means something next to a reference measured on the same machine at the
 same time, so this runs both: the reference commit's suite as it ran then (checked out into a
-temporary git worktree, imported through PYTHONPATH ahead of the editable install), then this
+temporary git worktree, imported through PYTHONPATH ahead of the editable install, also by the
+tests' child processes), then this
 working tree's suite as ``make test`` runs it (pytest-xdist workers) and, for comparison, in
 one process. Nothing else should run meanwhile.
 
@@ -50,6 +51,9 @@ def run_suite(label: str, tree: Path, pytest_args: list[str]) -> SuiteRun:
         sys.stdout.write(done.stdout[-3000:] + done.stderr[-3000:])
         raise SystemExit(f"[{label}] no pytest summary line (exit {done.returncode})")
     last = matches[-1]
+    for line in done.stdout.splitlines():
+        if line.startswith(("FAILED", "ERROR")):
+            print(f"[{label}] {line}", flush=True)
     run = SuiteRun(label, wall, float(last["seconds"]), last["counts"], done.returncode)
     print(f"[{label}] {run.counts} in {run.pytest_s:.1f} s (wall {run.wall_s:.1f} s)",
           flush=True)
@@ -69,6 +73,11 @@ def main() -> None:
         base_tree = Path(scratch) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base_tree), args.base],
                        cwd=REPO, check=True)
+        # Some tests start Python children with PYTHONPATH set to the repository root (not
+        # src/): without this link those children would import the editable install, i.e.
+        # this tree's code, and a reference test could fail on a mix of the two versions.
+        (base_tree / "refground").symlink_to(base_tree / "src" / "refground",
+                                            target_is_directory=True)
         try:
             runs = [run_suite(f"base {args.base}", base_tree, [])]
         finally:
