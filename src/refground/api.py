@@ -188,15 +188,14 @@ class Grounder:
         """A Sample for one input: image decoded (once; the sample carries the pixels), text
         and boxes checked."""
         expression = check_text(text)
-        if isinstance(image, ImageSource):  # a caller that decoded it already (the CLI)
-            pil = open_image(image)
-            source = replace(image, decoded=pil)
+        if isinstance(image, ImageSource):  # a caller that may have decoded it (the CLI)
+            source = image
         elif isinstance(image, (str, Path)):
-            pil = load_image(image)
-            source = ImageSource.file(image, pil)
+            source = ImageSource.file(image)
         else:
-            pil = as_pil(image)
-            source = ImageSource.memory(pil)
+            source = ImageSource.memory(as_pil(image))
+        pil = open_image(source)
+        source = replace(source, decoded=pil)
         annotations: tuple[Annotation, ...] = ()
         if boxes is not None:
             annotations = tuple(Annotation(ann_id=k, box=box, category_id=0, category="object")

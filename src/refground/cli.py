@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 #: against ``PROPOSERS.names()``, so a new proposer cannot be left out.
 PROPOSER_NAMES = ("gt", "auto", "centernet", "owlvit", "owlv2", "grounding-dino", "detr", "yolo")
 
+#: ``--format`` of the commands that read a dataset (:class:`refground.data.Dataset`).
+DataFormatOption = Annotated[str, typer.Option(
+    "--format", help="Dataset file format: a module of refground/data/formats (refer: "
+                     "RefCOCO/+/g and SynthRef).")]
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -93,9 +98,7 @@ def prepare_graphs_command(
     dataset: Annotated[str, typer.Option(help="refcoco, refcoco+, refcocog or synthref.")] = (
         "synthref"),
     split_by: Annotated[str, typer.Option(help="umd, unc, google or synth.")] = "synth",
-    data_format: Annotated[str, typer.Option(
-        "--format", help="Dataset file format: a module of refground/data/formats "
-                         "(refer: RefCOCO/+/g and SynthRef).")] = "refer",
+    data_format: DataFormatOption = "refer",
     backend: Annotated[str, typer.Option(
         help="auto (spaCy when installed, else rules), spacy or rules.")] = "auto",
     processes: Annotated[int, typer.Option(help="Parser worker processes.")] = 1,
@@ -124,9 +127,7 @@ def eval_command(
     split_by: Annotated[str, typer.Option(help="umd, unc, google or synth.")] = "synth",
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     images: Annotated[Path | None, typer.Option(help="Image directory [<data>/images].")] = None,
-    data_format: Annotated[str, typer.Option(
-        "--format", help="Dataset file format: a module of refground/data/formats "
-                         "(refer: RefCOCO/+/g and SynthRef).")] = "refer",
+    data_format: DataFormatOption = "refer",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write metrics.json + predictions.jsonl.")] = (
         None),

@@ -82,15 +82,10 @@ _CoreLoader.add_constructor(_FLOAT, lambda loader, node: _core_float(
 def parse_value(raw: str) -> Any:
     """One command-line value (see the module docstring)."""
     text = raw.strip()
-    if NULL.match(text):
-        return None
-    if BOOL.match(text):
-        return text in ("true", "True", "TRUE")
-    if INT.match(text):
-        return _core_int(text)
-    if FLOAT.match(text):
-        return _core_float(text)
-    if text[:1] in ("[", "{", "'", '"'):
+    # YAML reads only core scalars and flow collections / quoted text; any other text is kept
+    # as written (YAML would make "a: b" a mapping and drop a "# comment")
+    if text[:1] in ("[", "{", "'", '"') or any(
+            pattern.match(text) for pattern in (NULL, BOOL, INT, FLOAT)):
         try:
             return yaml.load(text, Loader=_CoreLoader)
         except yaml.YAMLError:

@@ -16,7 +16,7 @@ from refground.evaluate.metrics import QUALITY_METRICS
 
 #: The columns of every results table: the papers' Acc@k thresholds and mIoU.
 HEADLINE = QUALITY_METRICS
-LABELS = {"acc@0.5": "Acc@0.5", "acc@0.75": "Acc@0.75", "acc@0.9": "Acc@0.9", "miou": "mIoU"}
+LABELS = {key: key.replace("acc", "Acc").replace("miou", "mIoU") for key in QUALITY_METRICS}
 #: Breakdowns reported per group: (metrics key, what the groups are).
 BREAKDOWNS = (("by_type", "expression type"), ("by_distractors", "same-category distractors"))
 #: The metrics shown for each group of a breakdown.

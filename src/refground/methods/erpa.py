@@ -365,7 +365,8 @@ class ErpaCollator:
                                      self.detections(images, samples, graphs), keys)
         tokens = self.tokenizer(list(texts), padding=True, truncation=True,
                                 max_length=self.max_length, return_tensors="pt")
-        pixels = {key: pil_to_tensor(image) for key, image in zip(keys, images, strict=True)}
+        pixels = {key: pil_to_tensor(image)  # once per distinct image, in first-seen order
+                  for key, image in dict(zip(keys, images, strict=True)).items()}
         batch["pixels"] = preprocess_tensor(list(pixels.values()), self.preprocess)
         batch["input_ids"] = tokens["input_ids"]
         batch["attention_mask"] = tokens["attention_mask"]

@@ -61,7 +61,8 @@ def option_problems(exc: ValidationError, config_type: type[MethodConfig]) -> st
             continue
         cause = error.get("ctx", {}).get("error")
         message = str(cause) if error["type"] == "value_error" and cause else error["msg"]
-        problems.append(f"{where}: {message}" if where else message)
+        named = not where or message.startswith(f"{where} ")  # our checks often name it
+        problems.append(message if named else f"{where}: {message}")
     if unknown:
         close = [match for name in unknown
                  for match in difflib.get_close_matches(name, known, n=1)]

@@ -167,7 +167,9 @@ class RegressorCollator:
         return batch
 
     def computed(self, samples: Sequence[Sample]) -> Batch:
-        images = [pil_to_tensor(image) for image in decode_images(samples)]
+        decoded = decode_images(samples)
+        tensors = {id(image): pil_to_tensor(image) for image in decoded}  # once per image
+        images = [tensors[id(image)] for image in decoded]
         tokens = self.tokenizer([s.expression for s in samples], padding=True, truncation=True,
                                 max_length=self.max_length, return_tensors="pt")
         return {"clip_pixels": preprocess_tensor(images, self.clip_preprocess),
