@@ -54,10 +54,19 @@ def scale(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="module", params=["standard", "shifted"])
+def rendering(request: pytest.FixtureRequest) -> str:
+    """... and once per rendering: the shifted drawing must keep every promise the standard
+    one makes about boxes, sizes and what the expressions mean (tests/test_synth_rendering.py
+    checks what differs)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory, scale: str) -> Path:
-    root = tmp_path_factory.mktemp(f"synth-{scale}") / "data"
-    generate_synthref(root, seed=SEED, num_images=IMAGES[scale], scale=scale, workers=1)
+def synth_root(tmp_path_factory: pytest.TempPathFactory, scale: str, rendering: str) -> Path:
+    root = tmp_path_factory.mktemp(f"synth-{scale}-{rendering}") / "data"
+    generate_synthref(root, seed=SEED, num_images=IMAGES[scale], scale=scale, workers=1,
+                      rendering=rendering)
     return root
 
 
@@ -232,22 +241,25 @@ def test_ids_are_unique_and_start_at_one(refs: list[dict[str, Any]],
 
 
 def test_same_seed_and_scale_give_identical_bytes_for_any_worker_count(
-        synth_root: Path, scale: str, tmp_path: Path) -> None:
+        synth_root: Path, scale: str, rendering: str, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate_synthref(again, seed=SEED, num_images=IMAGES[scale], scale=scale, workers=2)
+    generate_synthref(again, seed=SEED, num_images=IMAGES[scale], scale=scale, workers=2,
+                      rendering=rendering)
     assert _file_hashes(again) == _file_hashes(synth_root)
 
 
 @pytest.mark.parametrize("scale", ["small"], indirect=True)
+@pytest.mark.parametrize("rendering", ["standard"], indirect=True)
 def test_small_scale_writes_the_bytes_of_synthref_before_scales(synth_root: Path) -> None:
     assert IMAGES["small"] == 40 and SEED == 3, "the reference digest is for seed 3, 40 images"
     assert _tree_digest(synth_root) == SMALL_SEED3_40_DIGEST
 
 
-def test_different_seed_gives_different_data(synth_root: Path, scale: str,
+def test_different_seed_gives_different_data(synth_root: Path, scale: str, rendering: str,
                                              tmp_path: Path) -> None:
     other = tmp_path / "other"
-    generate_synthref(other, seed=SEED + 1, num_images=IMAGES[scale], scale=scale, workers=1)
+    generate_synthref(other, seed=SEED + 1, num_images=IMAGES[scale], scale=scale, workers=1,
+                      rendering=rendering)
     first, second = _file_hashes(synth_root), _file_hashes(other)
     assert first["synthref/refs(synth).p"] != second["synthref/refs(synth).p"]
     assert first["synthref/instances.json"] != second["synthref/instances.json"]
@@ -353,6 +365,7 @@ def test_png_sizes_match_instances(synth_root: Path, instances: dict[str, Any]) 
             assert png.mode == "RGB"
 
 
+@pytest.mark.parametrize("rendering", ["standard"], indirect=True)  # exact colours: standard only
 def test_boxes_are_inside_images_and_tight_around_the_drawn_shape(
         synth_root: Path, instances: dict[str, Any], world: dict[str, Any]) -> None:
     palette = {name: np.array(rgb, dtype=np.uint8)

@@ -52,16 +52,22 @@ def synth(
              "and logical forms in other wordings (relative clauses, 'of the Xs, the one "
              "...', 'right-most', commands), to measure how much a method leans on the "
              "grammar.")] = "standard",
+    rendering: Annotated[str, typer.Option(
+        help="How scenes are drawn: 'standard' (SynthRef 1.0's drawing, the default), "
+             "'shifted' (a test drawing with rotations, other proportions, outlines, shades, "
+             "backgrounds, blur and JPEG that standard never uses) or 'randomised' (the wide "
+             "training distribution for domain randomisation). Same splits and layouts for "
+             "every rendering of a seed.")] = "standard",
 ) -> None:
     """Generate SynthRef, an offline benchmark in the RefCOCO (REFER) file layout."""
     from refground.data.synth import generate_synthref
 
     start = time.perf_counter()
     stats = generate_synthref(out, seed=seed, num_images=images, scale=scale,
-                              phrasing=phrasing)
+                              phrasing=phrasing, rendering=rendering)
     elapsed = time.perf_counter() - start
     console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {stats.scale}, "
-                  f"{phrasing} phrasing) to {out} "
+                  f"{phrasing} phrasing, {rendering} rendering) to {out} "
                   f"in {elapsed:.1f} s")
     console.print_json(json.dumps(stats.to_dict()))
 

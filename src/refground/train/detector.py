@@ -30,6 +30,7 @@ import yaml
 from pydantic import Field
 
 from refground import boxes as B
+from refground.data.synth.writer import rendering_record
 from refground.errors import ConfigError
 from refground.evaluate.proposal_recall import referent_recall
 from refground.images import load_image
@@ -321,6 +322,8 @@ def export_detector(run: Path, out: Path, *, data_recipe: str, command: str,
         "size_bytes": (Path(out) / WEIGHTS_FILE).stat().st_size,
     }
     config = DetectorTrainConfig(**record["config"])
+    # the drawing the detector learned from (domain randomisation: what it holds out)
+    record["rendering"] = rendering_record(config.data.root)
     proposer = CenterNetProposer(out, device="cpu") if splits else None
     dataset = config.data.as_dataset()
     for split in splits:

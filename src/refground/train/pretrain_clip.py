@@ -355,8 +355,11 @@ def validate(model: CLIPModel, tokenizer: object, processor: object,
 
 def data_recipe(data: Path) -> dict[str, object]:
     """How the training data was made, from SynthRef's own record of it (instances.json's
-    ``info``): generator, version, seed, image count and the named scale (None if custom)."""
+    ``info``): generator, version, seed, image count, the named scale (None if custom) and the
+    rendering it was drawn with (for domain randomisation: its parameters and what it holds
+    out of the ``shifted`` test drawing)."""
     from refground.data.synth import scale_of
+    from refground.data.synth.writer import rendering_record
 
     info_path = data / "synthref" / "instances.json"
     if not info_path.is_file():
@@ -365,6 +368,7 @@ def data_recipe(data: Path) -> dict[str, object]:
     recipe = {key: info[key] for key in ("generator", "version", "seed") if key in info}
     recipe["images"] = info["args"]["num_images"]
     recipe["scale"] = scale_of(info["args"]["scene"], info["sizes"])
+    recipe["rendering"] = rendering_record(data)
     return recipe
 
 

@@ -17,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from refground.errors import ConfigError
 from refground.types import BoxTuple
+
+if TYPE_CHECKING:
+    from refground.data.synth.rendering import ObjectLook
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "pentagon",
@@ -145,7 +148,11 @@ _RECORDED_SINCE_1_0 = ("min_side", "max_side", "min_objects", "max_objects", "ga
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One drawn shape. ``x, y, side`` place its stamp; ``box`` is the tight pixel box."""
+    """One drawn shape. ``x, y, side`` place its stamp; ``box`` is the tight pixel box.
+
+    ``look`` is how a non-standard rendering draws it (:mod:`~refground.data.synth.rendering`;
+    None: the standard stamp), set before expressions are planned so ``box`` and ``area``
+    always describe the pixels painted."""
 
     shape: str
     color: str
@@ -155,6 +162,7 @@ class SceneObject:
     y: int
     box: BoxTuple
     area: int
+    look: ObjectLook | None = None
 
     @property
     def combo(self) -> Combo:

@@ -36,6 +36,7 @@ from refground.data.dataset import Dataset
 from refground.data.synth.logical_forms import EXPRESSION_TYPES
 from refground.data.synth.paraphrase import PHRASINGS, paraphrase
 from refground.data.synth.planning import DEFAULT_TYPE_WEIGHTS, RefPlan, plan_refs
+from refground.data.synth.rendering import dress_scene, render, rendering_named
 from refground.data.synth.scales import DEFAULT_SCALE, scale_of, scene_config_for
 from refground.data.synth.scenes import (
     COLOR_NAMES,
@@ -45,7 +46,6 @@ from refground.data.synth.scenes import (
     Scene,
     SceneConfig,
     SceneObject,
-    render_scene,
     sample_scene,
 )
 from refground.errors import ConfigError
@@ -63,7 +63,7 @@ CATEGORY_IDS: dict[str, int] = {shape: i + 1 for i, shape in enumerate(SHAPES)}
 
 # Independent random streams derived from the seed: [seed, stream, ...].
 _SPLIT_STREAM, _HELD_OUT_STREAM, _IMAGE_STREAM = 0, 1, 2
-_SCENE_PART, _RENDER_PART, _PHRASING_PART = 0, 1, 2
+_SCENE_PART, _RENDER_PART, _PHRASING_PART, _LOOK_PART = 0, 1, 2, 3
 _SCENE_TRIES = 200  # scenes sampled for one image before giving up on the settings
 _PARALLEL_FROM = 64  # by default, fewer images than this are generated in-process
 
@@ -91,6 +91,7 @@ class SynthStats:
     splits: dict[str, SplitStats]
     held_out_combos: tuple[Combo, ...]
     scale: str | None = None  # the named scale whose settings were used; None for custom ones
+    rendering: str = "standard"  # the rendering.RENDERINGS name the images were drawn with
 
     @property
     def images(self) -> int:
@@ -107,6 +108,7 @@ class SynthStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir), "seed": self.seed, "scale": self.scale,
+            "rendering": self.rendering,
             "images": self.images, "refs": self.refs, "sentences": self.sentences,
             "splits": {name: s.to_dict() for name, s in self.splits.items()},
             "held_out_combos": [list(c) for c in self.held_out_combos],
@@ -178,6 +180,7 @@ class ImageJob:
     scene_config: SceneConfig
     type_weights: tuple[tuple[str, float], ...]
     phrasing: str = "standard"
+    rendering: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class ImageResult:
     index: int
     scene: Scene
     refs: tuple[RefPlan, ...]
+    drawing: dict[str, Any] | None = None  # a non-standard rendering's image-level draws
 
 
 def _split_policy(job: ImageJob, rng: np.random.Generator
@@ -206,11 +210,17 @@ def _eligible(scene: Scene, split: str, held_out: tuple[Combo, ...]) -> list[int
 
 
 def build_image(job: ImageJob) -> ImageResult:
-    """Sample a scene with at least one describable referent, render it, save the PNG."""
+    """Sample a scene with at least one describable referent, render it, save the PNG.
+
+    A non-standard rendering draws each object's look from a stream of its own, before the
+    refs are planned (boxes and areas follow the look); the scene, render and phrasing
+    streams are those of the standard rendering, whose bytes stay unchanged."""
+    rendering = rendering_named(job.rendering)
     rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _SCENE_PART])
+    look_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _LOOK_PART])
     for _ in range(_SCENE_TRIES):
         forced, type_weights = _split_policy(job, rng)
-        scene = sample_scene(rng, job.scene_config, forced)
+        scene = dress_scene(sample_scene(rng, job.scene_config, forced), rendering, look_rng)
         types = [name for name, _ in type_weights]
         weights = [weight for _, weight in type_weights]
         refs = plan_refs(scene, _eligible(scene, job.split, job.held_out), types, weights, rng)
@@ -225,8 +235,9 @@ def build_image(job: ImageJob) -> ImageResult:
         refs = _reword(refs, np.random.default_rng(
             [job.seed, _IMAGE_STREAM, job.index, _PHRASING_PART]))
     render_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _RENDER_PART])
-    render_scene(scene, render_rng).save(job.image_path, format="PNG", compress_level=1)
-    return ImageResult(job.index, scene, refs)
+    image, drawing = render(scene, rendering, render_rng)
+    image.save(job.image_path, format="PNG", compress_level=1)
+    return ImageResult(job.index, scene, refs, drawing)
 
 
 def _reword(refs: tuple[RefPlan, ...], rng: np.random.Generator) -> tuple[RefPlan, ...]:
@@ -280,7 +291,8 @@ class _Records:
         image_id = result.index + 1
         scene = result.scene
         self.images.append({"id": image_id, "file_name": IMAGE_PATTERN.format(image_id=image_id),
-                            "width": scene.width, "height": scene.height})
+                            "width": scene.width, "height": scene.height,
+                            **({"drawing": result.drawing} if result.drawing else {})})
         ann_ids = [self._add_annotation(image_id, obj) for obj in scene.objects]
         for plan in result.refs:
             self._add_ref(image_id, ann_ids[plan.target], scene, plan, split)
@@ -292,6 +304,8 @@ class _Records:
             "id": ann_id, "image_id": image_id, "category_id": CATEGORY_IDS[obj.shape],
             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(obj.area), "iscrowd": 0,
             "color": obj.color, "size": obj.size,
+            # only for a non-standard rendering: standard annotations keep their old bytes
+            **({"look": obj.look.record()} if obj.look is not None else {}),
         })
         return ann_id
 
@@ -344,10 +358,12 @@ def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
-def _readme(seed: int, stats: Mapping[str, SplitStats]) -> str:
+def _readme(seed: int, stats: Mapping[str, SplitStats], rendering: str) -> str:
     lines = [
         f"SynthRef {VERSION}: synthetic referring-expression grounding in the REFER layout.",
         f"Generated by {GENERATOR} with seed {seed}; same seed and arguments -> same bytes.",
+        *([f"rendering: {rendering} (refground.data.synth.rendering); annotations add 'look'"]
+          if rendering != "standard" else []),
         "",
         "refs(synth).p   pickle of REFER refs; each sentence also has 'type' and 'graph'",
         "instances.json  COCO images/annotations/categories; annotations add 'color', 'size'",
@@ -407,6 +423,7 @@ def generate_synthref(
     scene_config: SceneConfig | None = None,
     workers: int | None = None,
     phrasing: str = "standard",
+    rendering: str = "standard",
 ) -> SynthStats:
     """Write SynthRef under ``out_dir`` in the REFER layout and return its statistics.
 
@@ -419,8 +436,12 @@ def generate_synthref(
     64 images); the output is byte-identical for any number of workers. Earlier
     ``synthref_*.png`` images in ``out_dir/images`` are replaced. ``phrasing="varied"`` writes
     the same images, referents and logical forms with other wordings
-    (:mod:`~refground.data.synth.paraphrase`).
+    (:mod:`~refground.data.synth.paraphrase`). ``rendering`` names how the scenes are drawn
+    (:data:`~refground.data.synth.rendering.RENDERINGS`: ``standard``, the test drawing
+    ``shifted``, the training distribution ``randomised``); the splits, held-out combinations
+    and scene layouts are the same for every rendering of a seed.
     """
+    rendering_named(rendering)  # refuse an unknown rendering before anything is written
     if phrasing not in PHRASINGS:
         raise ConfigError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
@@ -442,7 +463,7 @@ def generate_synthref(
     jobs = [
         ImageJob(index, seed, split, held_out,
                  str(images_dir / IMAGE_PATTERN.format(image_id=index + 1)), scene_config,
-                 weights, phrasing)
+                 weights, phrasing, rendering)
         for index, split in enumerate(splits)
     ]
     records = _Records([], [], [])
@@ -457,7 +478,8 @@ def generate_synthref(
                  "held_out_fraction": held_out_fraction, "type_weights": type_weights,
                  "scene": scene_config.record(),
                  # only when varied: standard output stays byte-identical to earlier versions
-                 **({"phrasing": phrasing} if phrasing != "standard" else {})},
+                 **({"phrasing": phrasing} if phrasing != "standard" else {}),
+                 **({"rendering": rendering} if rendering != "standard" else {})},
         "held_out_combos": [list(c) for c in held_out],
         "colors": {name: list(rgb) for name, rgb in COLORS.items()},
         "sizes": {name: [low, high] for name, low, high in scene_config.sizes},
@@ -471,7 +493,44 @@ def generate_synthref(
     _write_json(dataset_dir / "stats.json", {
         "generator": GENERATOR, "version": VERSION, "seed": seed,
         "splits": {name: s.to_dict() for name, s in stats.items()},
-        "held_out_combos": [list(c) for c in held_out]}, indent=2)
-    (dataset_dir / "README.txt").write_text(_readme(seed, stats), encoding="utf-8")
+        "held_out_combos": [list(c) for c in held_out],
+        **({"rendering": rendering} if rendering != "standard" else {})}, indent=2)
+    (dataset_dir / "README.txt").write_text(_readme(seed, stats, rendering), encoding="utf-8")
     return SynthStats(out_dir, seed, stats, held_out,
-                      scale_of(scene_config.record(), info["sizes"]))
+                      scale_of(scene_config.record(), info["sizes"]), rendering)
+
+
+def dataset_rendering(root: str | Path) -> str:
+    """The rendering a SynthRef under ``root`` was drawn with, read back from its
+    ``instances.json`` (SynthRef 1.0 files without the field are ``standard``).
+
+    Raises ConfigError when it cannot be told: no instances file, not written by this
+    generator, or a rendering this version does not know."""
+    path = Path(root) / DATASET / "instances.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))["info"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"cannot tell how {root} was drawn: no readable SynthRef "
+                          f"instances.json with an 'info' record at {path} ({error})") from None
+    if not isinstance(info, dict) or info.get("generator") != GENERATOR:
+        raise ConfigError(f"cannot tell how {root} was drawn: {path} was not written by "
+                          f"{GENERATOR}")
+    name = (info.get("args") or {}).get("rendering", "standard")
+    rendering_named(name)
+    return str(name)
+
+
+def rendering_record(root: str | Path) -> dict[str, Any] | None:
+    """What a training record says of its data's drawing: the rendering's name and parameters
+    and, for the training distribution, which of the test drawing's parameters it shares and
+    which it holds out. None when the data is not a SynthRef this version can read."""
+    from refground.data.synth.rendering import HELD_OUT, RANDOMISED
+
+    try:
+        name = dataset_rendering(root)
+    except ConfigError:
+        return None
+    record: dict[str, Any] = {"name": name, "parameters": rendering_named(name).record()}
+    if name == RANDOMISED.name:
+        record["versus_shifted"] = HELD_OUT
+    return record
