@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -168,13 +168,48 @@ def test_set_overrides_any_field_with_its_type() -> None:
         config_override("patch_size=eight")
 
 
-def test_the_defaults_are_the_shipped_models_recipe() -> None:
-    """No flags = the recipe recorded next to the shipped weights (fields added since default
-    to off, so the shipped model's recipe is unchanged)."""
+def test_the_shipped_models_command_reproduces_its_config() -> None:
+    """The command in the shipped training.json, applied to the defaults (its flags and
+    --set values, as the CLI applies them), is exactly the recorded config: rerunning it
+    reproduces the recipe. Fields added since the record default to off."""
+    from refground.train.pretrain_clip import CLI_FLAGS, config_override
     from refground.vision.shipped import shipped_path
 
     shipped = json.loads((shipped_path("synthref-clip") / "training.json").read_text())
-    defaults = dict(PretrainConfig().__dict__)
-    assert {k: defaults[k] for k in shipped["config"]} == shipped["config"]
-    assert all(defaults[k] == 0 for k in set(defaults) - set(shipped["config"])
+    words = shipped["command"].split()
+    assert words[:2] == ["refground", "pretrain-clip"]
+    changes: dict[str, object] = {}
+    for flag, value in zip(words[2::2], words[3::2], strict=True):
+        name = flag.removeprefix("--").replace("-", "_")
+        if flag == "--set":
+            key, parsed = config_override(value)
+            changes[key] = parsed
+        elif name in CLI_FLAGS:
+            changes[name] = config_override(f"{name}={value}")[1]
+        else:
+            assert flag in ("--data", "--out"), flag
+    config = asdict(replace(PretrainConfig(), **changes))
+    assert {k: config[k] for k in shipped["config"]} == shipped["config"]
+    assert all(not config[k] for k in set(config) - set(shipped["config"])
                if k != "export_dtype")
+
+
+def test_training_can_start_from_a_saved_clip(tmp_path: Path, one_thread: None) -> None:
+    """init_from: the saved model, tokenizer and processor are trained on (not rebuilt), and a
+    config whose sizes are not the checkpoint's is refused."""
+    data = tmp_path / "synth"
+    generate_synthref(data, seed=2, num_images=12)
+    base = replace(PretrainConfig(), steps=2, images_per_step=2, eval_every=2, **TINY)
+    pretrain_clip(data, tmp_path / "first", base, log=lambda _: None)
+    first = ClipEncoder.from_pretrained(tmp_path / "first")
+    again = replace(base, init_from=str(tmp_path / "first"), lr=1e-9, warmup_steps=1)
+    record = pretrain_clip(data, tmp_path / "second", again, log=lambda _: None)
+    second = ClipEncoder.from_pretrained(tmp_path / "second")
+    assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    texts = ["a red star", "the blue circle left of the green square"]
+    # a 1e-9 learning rate moves nothing measurable: the second run started from the first
+    assert torch.allclose(first.encode_texts(texts), second.encode_texts(texts), atol=2e-3)
+    assert f"--set init_from={tmp_path / 'first'}" in record["command"]
+    with pytest.raises(ConfigError, match=r"has sizes .* the config asks for"):
+        pretrain_clip(data, tmp_path / "third", replace(again, hidden_size=48),
+                      log=lambda _: None)

@@ -185,12 +185,12 @@ def test_rendering_is_read_back_and_unknown_data_refused(drawn: dict[str, Path],
                                                           tmp_path: Path) -> None:
     assert {name: dataset_rendering(root) for name, root in drawn.items()} == {
         name: name for name in RENDERINGS}
-    with pytest.raises(ConfigError, match="cannot tell how .* was drawn"):
+    with pytest.raises(ConfigError, match=r"cannot tell how .* was drawn"):
         dataset_rendering(tmp_path / "nowhere")
     foreign = tmp_path / "foreign" / "synthref"
     foreign.mkdir(parents=True)
     (foreign / "instances.json").write_text(json.dumps({"info": {"generator": "someone"}}))
-    with pytest.raises(ConfigError, match="not written by refground.data.synth"):
+    with pytest.raises(ConfigError, match=r"not written by refground\.data\.synth"):
         dataset_rendering(foreign.parent)
     future = _instances(drawn["shifted"])
     future["info"]["args"]["rendering"] = "watercolour"

@@ -90,6 +90,12 @@ class PretrainConfig:
     debias_expressions: int = 2000
     seed: int = 0
     export_dtype: str = "float16"  # the weights as saved: float16 halves the wheel's share
+    # Start from a trained CLIP (a shipped name or a directory) instead of random weights: its
+    # model, tokenizer and image processor are reused, and the sizes above must match it. From
+    # scratch, a ViT on domain-randomised drawings (turned, hollow, rimmed shapes) sat on the
+    # "colour known, shape at chance" plateau for 700+ steps; fine-tuning the standard-drawing
+    # CLIP (synthref-clip-1) teaches it the new drawings without relearning what a shape is.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.export_dtype not in EXPORT_DTYPES:
@@ -402,6 +408,28 @@ def config_override(pair: str) -> tuple[str, object]:
     return name, value
 
 
+def load_initial_clip(config: PretrainConfig) -> tuple[CLIPModel, object, object]:
+    """``config.init_from``'s model (in float32, to train), tokenizer and image processor,
+    refused unless its sizes are the config's (so training.json's config describes it)."""
+    from refground.vision.loading import load_clip_components, resolve_model_source
+    from refground.vision.shipped import resolve_clip_name
+
+    source = resolve_model_source(resolve_clip_name(config.init_from), local_files_only=True)
+    model, tokenizer, processor = load_clip_components(source, torch.float32, None, True)
+    vision, text = model.config.vision_config, model.config.text_config
+    found = {"image_size": vision.image_size, "patch_size": vision.patch_size,
+             "hidden_size": vision.hidden_size, "num_layers": vision.num_hidden_layers,
+             "num_heads": vision.num_attention_heads, "projection_dim": model.config.projection_dim,
+             "text hidden_size": text.hidden_size}
+    wanted = {**{k: getattr(config, k) for k in found if k in asdict(config)},
+              "text hidden_size": config.hidden_size}
+    if found != wanted or processor is None:
+        raise ConfigError(f"init_from={config.init_from!r} has sizes {found} (and "
+                          f"{'an' if processor else 'no'} image processor); the config asks for "
+                          f"{wanted}: set them to the checkpoint's")
+    return model.float(), tokenizer, processor
+
+
 def normalized(features: Tensor) -> Tensor:
     return F.normalize(features, dim=-1)
 
@@ -421,13 +449,16 @@ def pretrain_clip(data: Path, out: Path, config: PretrainConfig | None = None,
         for s, c, sh in [(o.size, o.color, o.shape)]]
     if config.attribute_weight:
         vocabulary += [t for texts in attribute_texts().values() for t in texts]
-    model, tokenizer, _ = build_tiny_clip(
-        vocabulary, image_size=config.image_size, patch_size=config.patch_size,
-        hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
-        num_layers=config.num_layers, num_heads=config.num_heads,
-        projection_dim=config.projection_dim, max_length=config.max_length, vocab_size=2000,
-        seed=config.seed)
-    processor = clip_image_processor(config.image_size, center_crop=False)
+    if config.init_from:
+        model, tokenizer, processor = load_initial_clip(config)
+    else:
+        model, tokenizer, _ = build_tiny_clip(
+            vocabulary, image_size=config.image_size, patch_size=config.patch_size,
+            hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
+            num_layers=config.num_layers, num_heads=config.num_heads,
+            projection_dim=config.projection_dim, max_length=config.max_length,
+            vocab_size=2000, seed=config.seed)
+        processor = clip_image_processor(config.image_size, center_crop=False)
     preprocess = ClipPreprocessConfig.from_image_processor(processor)
     style = PromptStyle()
     model.train()
