@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +44,13 @@ class Row:
 ROWS: tuple[Row, ...] = (
     Row("center", "center"),  # the gt box nearest the image centre: reads no text
     Row("crop-rank", "crop-rank", {"proposals": "gt"}),
-    Row("crop-rank, detector", "crop-rank", {"proposals": "auto"}),
+    Row("crop-rank + detector", "crop-rank", {"proposals": "auto"}),
     Row("visual-prompt", "visual-prompt", {"proposals": "gt"}),
-    Row("visual-prompt, detector", "visual-prompt", {"proposals": "auto"}),
+    Row("visual-prompt + detector", "visual-prompt", {"proposals": "auto"}),
     Row("graph-resolve", "graph-resolve", {"proposals": "gt"}),
-    Row("graph-resolve, detector", "graph-resolve", {"proposals": "auto"}),
+    Row("graph-resolve + detector", "graph-resolve", {"proposals": "auto"}),
     Row("erpa (synthref-erpa)", "erpa", {"checkpoint": "synthref-erpa", "proposals": "gt"}),
-    Row("erpa (synthref-erpa), detector", "erpa",
+    Row("erpa (synthref-erpa) + detector", "erpa",
         {"checkpoint": "synthref-erpa", "proposals": "auto"}),
     Row("erpa (synthref-erpa-report)", "erpa", {"checkpoint": "synthref-erpa-report"}),
     Row("regressor (synthref-regressor)", "regressor", {"checkpoint": "synthref-regressor"}),
@@ -58,7 +59,8 @@ ROWS: tuple[Row, ...] = (
 
 
 def slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label).strip("-").replace("--", "-")
+    """``graph-resolve + detector`` -> ``graph-resolve-detector``: a row's directory name."""
+    return re.sub(r"[^0-9A-Za-z]+", "-", label).strip("-")
 
 
 def evaluate_row(row: Row, root: Path, split: str, limit: int | None,

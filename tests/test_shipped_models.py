@@ -2,7 +2,8 @@
 
 The floors sit well below what the shipped models score on these fixed sets (measured when they
 were set: crop-rank 52.6% and graph-resolve 98.4% with the RefCOCO-scale synthref-clip,
-issue 12; synthref-erpa 84.7%, issue 13; all on the same 557 expressions) and far above
+issue 12; synthref-erpa 84.7%, issue 13; all on the same 557 expressions; with issue 25's
+domain-randomised models: 52.4%, 98.2%, 89.2%) and far above
 chance: the test computes, exactly, the probability that a picker choosing uniformly among each
 image's annotated boxes reaches the floor, and requires it to be below 1e-6. A model with random
 weights, a CLIP that lost its tokenizer, or a checkpoint that loads into the wrong layers fails;
@@ -28,11 +29,14 @@ from refground.types import Sample
 
 pytestmark = pytest.mark.slow  # each floor evaluates a real model on 557 expressions
 
-#: Floors on the shifted drawing (issue 25), set below what the domain-randomised models score
-#: on this set when shipped (printed by each test with -s).
-SHIFTED_CROP_RANK_FLOOR = 0.40
+#: Floors on the shifted drawing (issue 25), below what the domain-randomised models scored on
+#: this set when shipped (crop-rank 50.5%, graph-resolve 95.6% on gt boxes and 91.6% on the
+#: detector's, erpa 85.8%; printed by each test with -s) and above what the standard-drawing
+#: models they replaced score on shifted drawings (seed 0 test: crop-rank 43.2%, graph-resolve
+#: 77.5% with synthref-clip-1), so a CLIP that lost its robustness fails.
+SHIFTED_CROP_RANK_FLOOR = 0.45
 SHIFTED_GRAPH_RESOLVE_FLOOR = 0.85
-SHIFTED_ERPA_FLOOR = 0.70
+SHIFTED_ERPA_FLOOR = 0.75
 #: method, options, (SynthRef scale, rendering) it is measured on, Acc@0.5 floor
 FLOORS = [
     ("crop-rank", {}, ("refcoco", "standard"), 0.40),

@@ -259,3 +259,47 @@ def test_synth_stats_describes_the_drawing(drawn: dict[str, Path]) -> None:
     assert rows["rendering"] == ["standard", "shifted"]
     assert rows["objects with a look"] == ["0.0%", "100.0%"]
     assert rows["rotated"] == ["-", "100.0%"]
+
+
+def test_extra_train_drawings_redraw_train_scenes_and_leave_other_splits_alone(
+        drawn: dict[str, Path], tmp_path: Path) -> None:
+    once, thrice = drawn["randomised"], tmp_path / "thrice"
+    generate_synthref(thrice, seed=SEED, num_images=IMAGES, workers=1, rendering="randomised",
+                      train_drawings=3)
+    first, more = _instances(once), _instances(thrice)
+    assert more["info"]["args"]["train_drawings"] == 3
+    # the first IMAGES images are byte for byte those of one drawing
+    for image in first["images"]:
+        name = image["file_name"]
+        assert (once / "images" / name).read_bytes() == (thrice / "images" / name).read_bytes()
+    train = {s: v for s, v in _stats(once)["splits"].items()}["train"]["images"]
+    assert len(more["images"]) == IMAGES + 2 * train
+    assert _stats(thrice)["splits"]["train"]["images"] == 3 * train
+    for split in ("val", "test", "testC", "testR"):
+        assert _stats(thrice)["splits"][split] == _stats(once)["splits"][split]
+    # each extra image is a train scene drawn anew: same objects, other pixels and looks
+    by_image_once, by_image_more = _objects_by_image(first), _objects_by_image(more)
+    train_ids = sorted({r for r in by_image_once if r in _train_image_ids(once)})
+    extra_ids = [i["id"] for i in more["images"][IMAGES:]]
+    for k, extra in enumerate(extra_ids):
+        source = train_ids[k // 2]
+        assert [(a["category_id"], a["color"], a["size"]) for a in by_image_more[extra]] == [
+            (a["category_id"], a["color"], a["size"]) for a in by_image_once[source]]
+        assert [a.get("look") for a in by_image_more[extra]] != [
+            a.get("look") for a in by_image_once[source]]
+    assert _train_image_ids(thrice) >= set(extra_ids)
+
+
+def _train_image_ids(root: Path) -> set[int]:
+    import pickle
+
+    with open(root / "synthref" / "refs(synth).p", "rb") as stream:
+        return {r["image_id"] for r in pickle.load(stream) if r["split"] == "train"}
+
+
+def test_extra_drawings_need_a_random_rendering(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train_drawings > 1 needs a rendering"):
+        generate_synthref(tmp_path / "a", num_images=10, train_drawings=2)
+    with pytest.raises(ConfigError, match="train_drawings must be >= 1"):
+        generate_synthref(tmp_path / "b", num_images=10, rendering="shifted", train_drawings=0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -58,13 +58,18 @@ def synth(
              "backgrounds, blur and JPEG that standard never uses) or 'randomised' (the wide "
              "training distribution for domain randomisation). Same splits and layouts for "
              "every rendering of a seed.")] = "standard",
+    train_drawings: Annotated[int, typer.Option(
+        help="With a non-standard rendering: draw every train scene this many times (new "
+             "looks and background each time), the extra drawings as further train images; "
+             "other splits are unchanged.")] = 1,
 ) -> None:
     """Generate SynthRef, an offline benchmark in the RefCOCO (REFER) file layout."""
     from refground.data.synth import generate_synthref
 
     start = time.perf_counter()
     stats = generate_synthref(out, seed=seed, num_images=images, scale=scale,
-                              phrasing=phrasing, rendering=rendering)
+                              phrasing=phrasing, rendering=rendering,
+                              train_drawings=train_drawings)
     elapsed = time.perf_counter() - start
     console.print(f"wrote SynthRef ({images} images, seed {seed}, scale {stats.scale}, "
                   f"{phrasing} phrasing, {rendering} rendering) to {out} "

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from refground.data.synth.writer import rendering_record
 from refground.errors import ConfigError
 from refground.methods import build_method
 from refground.methods.trainable import METHOD_FILE, WEIGHTS_FILE, TrainableMethod
@@ -67,6 +68,9 @@ def export_run(run: Path, out: Path, *, checkpoint: str = "best", dtype: str = "
                       for entry in summary["history"]],
         "size_bytes": (out / WEIGHTS_FILE).stat().st_size,
     }
+    root = (record["config"].get("data") or {}).get("root")
+    if root is not None:  # the drawing it learned from (domain randomisation: what it holds out)
+        record["rendering"] = rendering_record(root)
     for split, directory in (evaluations or {}).items():
         metrics = read_json(Path(directory) / "metrics.json", "evaluation metrics")
         record.setdefault("test", {})[split] = {k: metrics[k] for k in ("n", "acc@0.5", "miou")

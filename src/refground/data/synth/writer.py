@@ -181,6 +181,14 @@ class ImageJob:
     type_weights: tuple[tuple[str, float], ...]
     phrasing: str = "standard"
     rendering: str = "standard"
+    # Another drawing of scene ``index`` (a non-standard rendering's extra train images): the
+    # same layout, new looks and background, written as image ``image_id``.
+    drawing: int = 0
+    image_id: int | None = None  # default: index + 1
+
+    @property
+    def written_id(self) -> int:
+        return self.index + 1 if self.image_id is None else self.image_id
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ class ImageResult:
     scene: Scene
     refs: tuple[RefPlan, ...]
     drawing: dict[str, Any] | None = None  # a non-standard rendering's image-level draws
+    image_id: int | None = None  # default: index + 1
 
 
 def _split_policy(job: ImageJob, rng: np.random.Generator
@@ -217,7 +226,8 @@ def build_image(job: ImageJob) -> ImageResult:
     streams are those of the standard rendering, whose bytes stay unchanged."""
     rendering = rendering_named(job.rendering)
     rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _SCENE_PART])
-    look_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _LOOK_PART])
+    redraw = [job.drawing] if job.drawing else []  # drawing 0 keeps the one-drawing streams
+    look_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _LOOK_PART, *redraw])
     for _ in range(_SCENE_TRIES):
         forced, type_weights = _split_policy(job, rng)
         scene = dress_scene(sample_scene(rng, job.scene_config, forced), rendering, look_rng)
@@ -234,10 +244,11 @@ def build_image(job: ImageJob) -> ImageResult:
     if job.phrasing == "varied":
         refs = _reword(refs, np.random.default_rng(
             [job.seed, _IMAGE_STREAM, job.index, _PHRASING_PART]))
-    render_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _RENDER_PART])
+    render_rng = np.random.default_rng([job.seed, _IMAGE_STREAM, job.index, _RENDER_PART,
+                                        *redraw])
     image, drawing = render(scene, rendering, render_rng)
     image.save(job.image_path, format="PNG", compress_level=1)
-    return ImageResult(job.index, scene, refs, drawing)
+    return ImageResult(job.index, scene, refs, drawing, job.written_id)
 
 
 def _reword(refs: tuple[RefPlan, ...], rng: np.random.Generator) -> tuple[RefPlan, ...]:
@@ -288,7 +299,7 @@ class _Records:
     next_sent: int = 1
 
     def add(self, result: ImageResult, split: str) -> None:
-        image_id = result.index + 1
+        image_id = result.index + 1 if result.image_id is None else result.image_id
         scene = result.scene
         self.images.append({"id": image_id, "file_name": IMAGE_PATTERN.format(image_id=image_id),
                             "width": scene.width, "height": scene.height,
@@ -424,6 +435,7 @@ def generate_synthref(
     workers: int | None = None,
     phrasing: str = "standard",
     rendering: str = "standard",
+    train_drawings: int = 1,
 ) -> SynthStats:
     """Write SynthRef under ``out_dir`` in the REFER layout and return its statistics.
 
@@ -439,9 +451,16 @@ def generate_synthref(
     (:mod:`~refground.data.synth.paraphrase`). ``rendering`` names how the scenes are drawn
     (:data:`~refground.data.synth.rendering.RENDERINGS`: ``standard``, the test drawing
     ``shifted``, the training distribution ``randomised``); the splits, held-out combinations
-    and scene layouts are the same for every rendering of a seed.
+    and scene layouts are the same for every rendering of a seed. ``train_drawings`` > 1 (a
+    non-standard rendering only) adds ``train_drawings - 1`` more drawings of every train scene
+    as further train images, numbered after the others: domain randomisation resampled per
+    copy, while every other split (and the first drawing of train) stays exactly as with 1.
     """
-    rendering_named(rendering)  # refuse an unknown rendering before anything is written
+    if rendering_named(rendering).is_standard and train_drawings != 1:
+        raise ConfigError("train_drawings > 1 needs a rendering that draws with randomness "
+                          "(shifted or randomised): standard drawings of a scene are identical")
+    if train_drawings < 1:
+        raise ConfigError(f"train_drawings must be >= 1, got {train_drawings}")
     if phrasing not in PHRASINGS:
         raise ConfigError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
@@ -466,9 +485,17 @@ def generate_synthref(
                  weights, phrasing, rendering)
         for index, split in enumerate(splits)
     ]
+    extra = [index for index, split in enumerate(splits) if split == "train"
+             for _ in range(train_drawings - 1)]
+    jobs += [replace(jobs[index], drawing=1 + k % (train_drawings - 1), image_id=num_images + n + 1,
+                     image_path=str(images_dir / IMAGE_PATTERN.format(
+                         image_id=num_images + n + 1)))
+             for n, (k, index) in enumerate(enumerate(extra))]
+    splits = [*splits, *("train" for _ in extra)]
     records = _Records([], [], [])
     for result in _run_jobs(jobs, default_workers(num_images) if workers is None else workers):
-        records.add(result, splits[result.index])
+        records.add(result, "train" if result.image_id and result.image_id > num_images
+                    else splits[result.index])
 
     stats = _split_stats(records, splits)
     info = {
@@ -479,7 +506,8 @@ def generate_synthref(
                  "scene": scene_config.record(),
                  # only when varied: standard output stays byte-identical to earlier versions
                  **({"phrasing": phrasing} if phrasing != "standard" else {}),
-                 **({"rendering": rendering} if rendering != "standard" else {})},
+                 **({"rendering": rendering} if rendering != "standard" else {}),
+                 **({"train_drawings": train_drawings} if train_drawings != 1 else {})},
         "held_out_combos": [list(c) for c in held_out],
         "colors": {name: list(rgb) for name, rgb in COLORS.items()},
         "sizes": {name: [low, high] for name, low, high in scene_config.sizes},
