@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -313,6 +314,7 @@ class LookMasks:
     tight: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) of every painted pixel
 
 
+@lru_cache(maxsize=64)  # dress_scene measures the masks, render paints the same ones
 def look_masks(shape: str, side: int, look: ObjectLook) -> LookMasks:
     points = look_points(shape, side, look)
     silhouette = Image.new("L", (side, side), 0)

@@ -196,8 +196,8 @@ class ImageResult:
     index: int
     scene: Scene
     refs: tuple[RefPlan, ...]
+    image_id: int  # the id it is written under (index + 1, or an extra drawing's own)
     drawing: dict[str, Any] | None = None  # a non-standard rendering's image-level draws
-    image_id: int | None = None  # default: index + 1
 
 
 def _split_policy(job: ImageJob, rng: np.random.Generator
@@ -248,7 +248,7 @@ def build_image(job: ImageJob) -> ImageResult:
                                         *redraw])
     image, drawing = render(scene, rendering, render_rng)
     image.save(job.image_path, format="PNG", compress_level=1)
-    return ImageResult(job.index, scene, refs, drawing, job.written_id)
+    return ImageResult(job.index, scene, refs, job.written_id, drawing)
 
 
 def _reword(refs: tuple[RefPlan, ...], rng: np.random.Generator) -> tuple[RefPlan, ...]:
@@ -299,7 +299,7 @@ class _Records:
     next_sent: int = 1
 
     def add(self, result: ImageResult, split: str) -> None:
-        image_id = result.index + 1 if result.image_id is None else result.image_id
+        image_id = result.image_id
         scene = result.scene
         self.images.append({"id": image_id, "file_name": IMAGE_PATTERN.format(image_id=image_id),
                             "width": scene.width, "height": scene.height,
@@ -485,17 +485,15 @@ def generate_synthref(
                  weights, phrasing, rendering)
         for index, split in enumerate(splits)
     ]
-    extra = [index for index, split in enumerate(splits) if split == "train"
-             for _ in range(train_drawings - 1)]
-    jobs += [replace(jobs[index], drawing=1 + k % (train_drawings - 1), image_id=num_images + n + 1,
-                     image_path=str(images_dir / IMAGE_PATTERN.format(
-                         image_id=num_images + n + 1)))
-             for n, (k, index) in enumerate(enumerate(extra))]
-    splits = [*splits, *("train" for _ in extra)]
+    extra = [(index, drawing) for index, split in enumerate(splits) if split == "train"
+             for drawing in range(1, train_drawings)]
+    jobs += [replace(jobs[index], drawing=drawing, image_id=image_id,
+                     image_path=str(images_dir / IMAGE_PATTERN.format(image_id=image_id)))
+             for image_id, (index, drawing) in enumerate(extra, start=num_images + 1)]
+    splits = [*splits, *("train" for _ in extra)]  # the split of image id i is splits[i - 1]
     records = _Records([], [], [])
     for result in _run_jobs(jobs, default_workers(num_images) if workers is None else workers):
-        records.add(result, "train" if result.image_id and result.image_id > num_images
-                    else splits[result.index])
+        records.add(result, splits[result.image_id - 1])
 
     stats = _split_stats(records, splits)
     info = {
